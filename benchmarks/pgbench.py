@@ -1,0 +1,106 @@
+"""Concurrency with pgbench: N sessions, each embedding one stored passage per transaction.
+
+The custom script picks a random row and selects its text's embedding, so every
+transaction is one ``create_embeddings`` call on a ~30-token passage. pgbench's
+per-transaction log gives the latency percentiles; its own summary gives the rate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import runtime
+from benchmarks.common import MODEL_URI, WORK_DIR, say
+from benchmarks.sql import DOCS
+
+SCRIPT = f"""\\set id random(1, :ndocs)
+SELECT azure_local_ai.create_embeddings(CAST(:model AS text), doc) FROM {DOCS} WHERE id = :id;
+"""
+# the model URI is a pgbench variable (a bound parameter under -M prepared): written in
+# the script, its ":v1" would be taken for a pgbench variable
+
+
+def pgbench_binary() -> str:
+    """The server's own pgbench (/usr/lib/postgresql/<ver>/bin), else the one on PATH."""
+    base = Path("/usr/lib/postgresql")
+    if base.is_dir():
+        for ver in sorted(base.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0,
+                          reverse=True):
+            cand = ver / "bin" / "pgbench"
+            if cand.exists():
+                return str(cand)
+    found = shutil.which("pgbench")
+    if not found:
+        raise FileNotFoundError("pgbench not found (it ships with the PostgreSQL server)")
+    return found
+
+
+def run_level(clients: int, seconds: int, ndocs: int) -> dict[str, Any]:
+    """One pgbench run; returns texts/s and latency percentiles from the transaction log."""
+    d = WORK_DIR / f"pgbench-c{clients}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    script = d / "embed.sql"
+    script.write_text(SCRIPT, encoding="utf-8")
+    threads = min(clients, 2)
+    cmd = [pgbench_binary(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(threads),
+           "-T", str(seconds), "-D", f"ndocs={ndocs}", "-D", f"model={MODEL_URI}",
+           "-f", str(script), "--log", f"--log-prefix={d / 'log'}"]
+    before = runtime.stats()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
+                          env=dict(os.environ))
+    after = runtime.stats()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench -c {clients} failed: {proc.stderr.strip()[-800:]}")
+    out = proc.stdout
+    tps = _grab(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    failed = _grab(r"number of failed transactions: (\d+)", out)
+    lat_us = []
+    for f in d.glob("log*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                lat_us.append(int(parts[2]))
+    lat = np.asarray(lat_us, dtype=np.float64) / 1000.0
+    res: dict[str, Any] = {
+        "sessions": clients, "pgbench_threads": threads, "seconds": seconds,
+        "transactions": int(lat.size), "texts_per_s": tps, "failed": int(failed or 0),
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        "mean_ms": float(lat.mean()) if lat.size else None}
+    if "totals" in before and "totals" in after:
+        res["runtime"] = runtime.delta(before, after)
+    shutil.rmtree(d, ignore_errors=True)
+    return res
+
+
+def concurrency(levels: list[int], seconds: int, ndocs: int) -> list[dict[str, Any]]:
+    """Each level in turn; a failed level is recorded and the others still run."""
+    run_level(max(levels), 2, ndocs)  # warm-up: the model loaded, caches and pages hot
+    results = []
+    for c in levels:
+        try:
+            r = run_level(c, seconds, ndocs)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            say(f"pgbench {c} sessions failed: {str(exc).splitlines()[0]}")
+            results.append({"sessions": c, "error": str(exc).splitlines()[0][:300]})
+            continue
+        say(f"pgbench {c:2d} sessions: {r['texts_per_s']:.0f} texts/s, p50 "
+            f"{r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
+            + (f", runtime avg batch {r['runtime']['avg_batch_size']:.1f}"
+               if "runtime" in r else ""))
+        results.append(r)
+    return results
+
+
+def _grab(pattern: str, text: str) -> float | None:
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else None

@@ -1,0 +1,142 @@
+"""PNG plots of the results (matplotlib, Agg): throughput, latency, concurrency, profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.report import PATHS, SINGLE  # noqa: E402
+
+OURS = "#1f6fb4"
+PEER = "#9a9a9a"
+OURS_KEYS = {"sql_bulk_array", "sql_bulk_rows", "runtime_bulk", "sql", "runtime"}
+
+
+def _subtitle(r: dict[str, Any]) -> str:
+    cpu = r["machine"]["cpu"]
+    return (f"{cpu['affinity_cpus']} cores {cpu['model']}, "
+            f"{r['data'].get('passages', '?')} passages, "
+            f"~{r['data'].get('tokens', {}).get('mean', 0):.0f} tokens each")
+
+
+def throughput(r: dict[str, Any], path: Path) -> bool:
+    items = [(PATHS[k][0], v["texts_per_s"], k) for k, v in r["throughput"].items()
+             if k in PATHS and v and v.get("texts_per_s")]
+    if not items:
+        return False
+    items.sort(key=lambda x: x[1])
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(items) + 1.6))
+    bars = ax.barh([i[0] for i in items], [i[1] for i in items],
+                   color=[OURS if i[2] in OURS_KEYS else PEER for i in items])
+    for bar, (_, v, _) in zip(bars, items, strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.0f}",
+                va="center", fontsize=9)
+    ax.set_xlabel("texts per second (higher is better)")
+    ax.set_title("Bulk embedding throughput\n" + _subtitle(r), fontsize=10)
+    ax.set_xlim(0, max(i[1] for i in items) * 1.15)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def latency(r: dict[str, Any], path: Path) -> bool:
+    items = [(SINGLE[k], v, k) for k, v in r["single"].items() if k in SINGLE and v]
+    if not items:
+        return False
+    items.sort(key=lambda x: x[1]["p50_ms"])
+    fig, ax = plt.subplots(figsize=(9, 0.7 * len(items) + 1.6))
+    h = 0.26
+    for j, (pct, alpha) in enumerate((("p50_ms", 1.0), ("p95_ms", 0.65), ("p99_ms", 0.35))):
+        ys = [i + h - j * h for i in range(len(items))]  # p50 on top of each group
+        vals = [it[1][pct] for it in items]
+        ax.barh(ys, vals, height=h, alpha=alpha, label=pct.replace("_ms", ""),
+                color=[OURS if it[2] in OURS_KEYS else PEER for it in items])
+        for y, v in zip(ys, vals, strict=True):
+            ax.text(v, y, f" {v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(items)), [it[0] for it in items])
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds per call, log scale (lower is better)")
+    ax.set_title("One short text: latency p50 / p95 / p99\n" + _subtitle(r), fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def concurrency(r: dict[str, Any], path: Path) -> bool:
+    levels = [lv for lv in r.get("concurrency") or [] if lv.get("texts_per_s")]
+    if not levels:
+        return False
+    x = [lv["sessions"] for lv in levels]
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    ax.plot(x, [lv["texts_per_s"] for lv in levels], "o-", color=OURS, label="texts/s (pgbench)")
+    bulk = (r["throughput"].get("sql_bulk_array") or {}).get("texts_per_s")
+    if bulk:
+        ax.axhline(bulk, color=OURS, ls="--", lw=1, label=f"bulk SQL {bulk:,.0f}/s")
+        ax.axhline(0.7 * bulk, color=OURS, ls=":", lw=1, label="70% of bulk SQL")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_xlabel("concurrent sessions")
+    ax.set_ylabel("texts per second", color=OURS)
+    ax.set_ylim(0, max([lv["texts_per_s"] for lv in levels] + [bulk or 0]) * 1.15)
+    ax2 = ax.twinx()
+    ax2.plot(x, [lv["p99_ms"] for lv in levels], "s-", color="#c2410c", label="p99 latency")
+    ax2.plot(x, [lv["p50_ms"] for lv in levels], "s--", color="#c2410c", alpha=0.5,
+             label="p50 latency")
+    ax2.set_ylabel("latency per call, ms", color="#c2410c")
+    ax2.set_ylim(0, max(lv["p99_ms"] for lv in levels) * 1.2)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
+    ax.set_title("Concurrent sessions, one create_embeddings(text) per transaction\n"
+                 + _subtitle(r), fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def profile(r: dict[str, Any], path: Path) -> bool:
+    profs = r.get("profile") or {}
+    if not profs:
+        return False
+    fig, axes = plt.subplots(1, len(profs), figsize=(5.2 * len(profs), 4.2), squeeze=False)
+    for ax, (variant, prof) in zip(axes[0], sorted(profs.items()), strict=True):
+        ops = prof["op_types"][:8]
+        rest = sum(o["share"] for o in prof["op_types"][8:])
+        labels = [o["op"] for o in ops] + (["other"] if rest > 0 else [])
+        shares = [100 * o["share"] for o in ops] + ([100 * rest] if rest > 0 else [])
+        ax.barh(labels[::-1], shares[::-1], color=OURS)
+        for i, v in enumerate(shares[::-1]):
+            ax.text(v, i, f" {v:.1f}%", va="center", fontsize=8)
+        ax.set_xlim(0, max(shares) * 1.25)
+        ax.set_xlabel("% of kernel time")
+        ax.set_title(f"{variant}: batches of {prof['batch']}", fontsize=10)
+    fig.suptitle("Where the time goes: ONNX Runtime kernel time by op type", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def draw_all(r: dict[str, Any], out: Path) -> dict[str, str]:
+    done = {}
+    for name, fn in (("throughput", throughput), ("latency", latency),
+                     ("concurrency", concurrency), ("profile", profile)):
+        p = out / f"{name}.png"
+        try:
+            if fn(r, p):
+                done[name] = p.name
+        except Exception as exc:  # noqa: BLE001 - a broken plot must not lose the results
+            done[name] = f"failed: {type(exc).__name__}: {exc}"
+    return done

@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# The private PostgreSQL cluster and the embedding runtime used by the demo, the tests and the
+# benchmarks.
+#
+#   scripts/cluster.sh up       start both (idempotent: verifies what already runs), create the
+#                               database pglocalai with the extensions, write .run/env
+#   scripts/cluster.sh down     stop both
+#   scripts/cluster.sh status   print the state of both; exit 0 only when both answer
+#
+# The cluster is never the machine's default one: its own data folder, port (55432, or
+# PGLOCALAI_PGPORT) and socket folder, and no TCP listener at all (listen_addresses = '').
+# Access control is the socket folder: it belongs to postgres with mode 0700, so only postgres
+# and root can reach the server, which is why local connections may use trust.
+#
+# The runtime (`pglocalai serve`) runs as root from the project's .venv: it must read the venv and
+# the model store, which may sit under a folder only root can enter. Its socket
+# (/run/pglocalai/pglocalai.sock, or PGLOCALAI_SOCKET) lives in a folder owned by postgres with
+# mode 0700, so the server's processes can connect and other users cannot.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PGPORT="${PGLOCALAI_PGPORT:-55432}"
+RUNTIME_SOCKET="${PGLOCALAI_SOCKET:-/run/pglocalai/pglocalai.sock}"
+export PGLOCALAI_HOME="${PGLOCALAI_HOME:-$RUN_DIR}"
+PGLOCALAI="$REPO_ROOT/.venv/bin/pglocalai"
+RUNTIME_PIDFILE="$RUN_DIR/runtime.pid"
+RUNTIME_LOG="$RUN_DIR/log/runtime.log"
+ENV_FILE="$RUN_DIR/env"
+# Records where the cluster lives, so that down and status find it whatever changed since.
+CLUSTER_RECORD="$RUN_DIR/cluster-root"
+DATABASE=pglocalai
+PG_BIN="$(pg_bindir)"
+
+# --- where the cluster lives --------------------------------------------------------------------
+
+# .run/pg when the postgres user can reach it (every ancestor of the repository traversable),
+# else a folder of its own under /var/lib/pglocalai, named by a hash of the repository path.
+# A long repository path also rules out .run/pg: a Unix socket path is limited to 107 bytes.
+choose_cluster_root() {
+    mkdir -p "$RUN_DIR"
+    local candidate="$RUN_DIR/pg"
+    if as_postgres test -x "$RUN_DIR" 2>/dev/null && [[ ${#candidate} -le 80 ]]; then
+        printf '%s\n' "$candidate"
+    else
+        printf '/var/lib/pglocalai/%s\n' "$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-12)"
+    fi
+}
+
+cluster_root() {
+    if [[ -s $CLUSTER_RECORD ]]; then
+        cat "$CLUSTER_RECORD"
+    else
+        choose_cluster_root
+    fi
+}
+
+set_cluster_paths() {
+    CLUSTER_ROOT="$1"
+    PGDATA_DIR="$CLUSTER_ROOT/data"
+    PG_SOCKET_DIR="$CLUSTER_ROOT/socket"
+    PG_LOG="$PGDATA_DIR/log/postgresql.log"
+}
+
+# For down and status: the port and runtime socket that `up` wrote into pglocalai.conf, unless
+# the environment sets them now.
+load_recorded_settings() {
+    local conf="$PGDATA_DIR/pglocalai.conf" value
+    [[ -r $conf ]] || return 0
+    if [[ -z ${PGLOCALAI_PGPORT:-} ]]; then
+        value="$(sed -n 's/^port = //p' "$conf")"
+        [[ -z $value ]] || PGPORT="$value"
+    fi
+    if [[ -z ${PGLOCALAI_SOCKET:-} ]]; then
+        value="$(sed -n "s/^azure_local_ai.runtime_socket = '\(.*\)'\$/\1/p" "$conf")"
+        [[ -z $value ]] || RUNTIME_SOCKET="$value"
+    fi
+}
+
+# NOTICEs such as "extension ... already exists, skipping" are noise on a re-run.
+psql_as_postgres() {
+    PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h "$PG_SOCKET_DIR" -p "$PGPORT" -U postgres "$@"
+}
+
+pg_running() {
+    [[ -f $PGDATA_DIR/PG_VERSION ]] &&
+        as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1
+}
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+init_cluster() {
+    install -d -m 0755 "$CLUSTER_ROOT"
+    install -d -m 0700 -o postgres -g postgres "$PGDATA_DIR" "$PG_SOCKET_DIR"
+    if [[ -f $PGDATA_DIR/PG_VERSION ]]; then
+        local have
+        have="$(cat "$PGDATA_DIR/PG_VERSION")"
+        [[ $have == "$(pg_major)" ]] ||
+            die "the cluster in $PGDATA_DIR is PostgreSQL $have, not $(pg_major)" \
+                "remove it (make down && rm -rf '$CLUSTER_ROOT') to create a new one"
+        return
+    fi
+    log "initdb: PostgreSQL $(pg_major) cluster in $PGDATA_DIR"
+    as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --encoding=UTF8 --locale=C.UTF-8 \
+        --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    install -d -m 0700 -o postgres -g postgres "$PGDATA_DIR/log"
+    echo "include_if_exists = 'pglocalai.conf'" >>"$PGDATA_DIR/postgresql.conf"
+}
+
+# The settings this project needs, rewritten on every `up`; postgresql.conf includes the file.
+write_conf() {
+    local conf="$PGDATA_DIR/pglocalai.conf" new
+    new="$(mktemp)"
+    cat >"$new" <<EOF
+# Written by scripts/cluster.sh on every \`make up\`: change the script, not this file.
+port = $PGPORT
+listen_addresses = ''
+unix_socket_directories = '$PG_SOCKET_DIR'
+unix_socket_permissions = 0700
+azure_local_ai.runtime_socket = '$RUNTIME_SOCKET'
+log_line_prefix = '%m [%p] %q%u@%d '
+EOF
+    if cmp -s "$new" "$conf"; then
+        rm -f "$new"
+        return 1
+    fi
+    install -m 0600 -o postgres -g postgres "$new" "$conf"
+    rm -f "$new"
+}
+
+pg_up() {
+    init_cluster
+    local conf_changed=0
+    write_conf && conf_changed=1
+    if pg_running; then
+        if [[ $conf_changed -eq 1 ]]; then
+            # a new port needs a restart, not a reload
+            log "pglocalai.conf changed: restarting PostgreSQL"
+            as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -m fast -w -t 60 restart >/dev/null
+        else
+            log "PostgreSQL already running: $PG_SOCKET_DIR port $PGPORT"
+        fi
+    else
+        log "starting PostgreSQL $(pg_major): socket $PG_SOCKET_DIR port $PGPORT, log $PG_LOG"
+        if ! as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start >/dev/null; then
+            tail -n 20 "$PG_LOG" >&2 || true
+            die "PostgreSQL did not start" "see $PG_LOG"
+        fi
+    fi
+    "$PG_BIN/pg_isready" -q -h "$PG_SOCKET_DIR" -p "$PGPORT" -t 30 ||
+        die "PostgreSQL does not accept connections on $PG_SOCKET_DIR port $PGPORT" "see $PG_LOG"
+}
+
+pg_down() {
+    if pg_running; then
+        log "stopping PostgreSQL ($PGDATA_DIR)"
+        as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
+    else
+        log "PostgreSQL not running"
+    fi
+}
+
+# --- the runtime --------------------------------------------------------------------------------
+
+# The socket's folder is handed to postgres with mode 0700, so it must be one of our own.
+prepare_runtime_dir() {
+    local dir
+    dir="$(dirname "$RUNTIME_SOCKET")"
+    case "$dir" in
+        / | /run | /var/run | /tmp | /var/tmp | /var/lib | /usr/* | /etc | /etc/*)
+            die "the runtime socket needs a folder of its own, not $dir" \
+                "set PGLOCALAI_SOCKET to a path such as /run/pglocalai/pglocalai.sock"
+            ;;
+    esac
+    install -d -m 0700 -o postgres -g postgres "$dir"
+    # install -d leaves an existing folder's mode alone: enforce it
+    chown postgres:postgres "$dir"
+    chmod 0700 "$dir"
+}
+
+runtime_answers() {
+    [[ -x $PGLOCALAI ]] && "$PGLOCALAI" status --socket "$RUNTIME_SOCKET" >/dev/null 2>&1
+}
+
+# The pid in the pidfile, if that process is alive and is a pglocalai process (not a reused pid).
+runtime_pid() {
+    [[ -s $RUNTIME_PIDFILE ]] || return 1
+    local pid
+    pid="$(tr -dc '0-9' <"$RUNTIME_PIDFILE")"
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q pglocalai && echo "$pid"
+}
+
+# Check, don't assume: the server's processes run as postgres and must be able to connect.
+check_postgres_can_connect() {
+    as_postgres /usr/bin/python3 -I -S -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])' "$RUNTIME_SOCKET" 2>/dev/null ||
+        die "the postgres user cannot connect to the runtime socket $RUNTIME_SOCKET" \
+            "the runtime must make its socket connectable by postgres (the folder keeps others out)"
+}
+
+runtime_up() {
+    prepare_runtime_dir
+    if runtime_answers; then
+        log "runtime already answering on $RUNTIME_SOCKET"
+    else
+        [[ -x $PGLOCALAI ]] || die "$PGLOCALAI not found" "run: make venv"
+        mkdir -p "$(dirname "$RUNTIME_LOG")"
+        log "starting the runtime on $RUNTIME_SOCKET (log $RUNTIME_LOG, models $PGLOCALAI_HOME/models)"
+        "$PGLOCALAI" serve --daemon --supervise --socket "$RUNTIME_SOCKET" --socket-owner postgres \
+            --pidfile "$RUNTIME_PIDFILE" --log-file "$RUNTIME_LOG"
+        local waited=0
+        until runtime_answers; do
+            if [[ $waited -ge 900 ]]; then # tenths of a second
+                tail -n 20 "$RUNTIME_LOG" >&2 || true
+                die "the runtime did not answer on $RUNTIME_SOCKET within 90 s" "see $RUNTIME_LOG"
+            fi
+            sleep 0.2
+            waited=$((waited + 2))
+        done
+    fi
+    check_postgres_can_connect
+}
+
+runtime_down() {
+    local pid
+    if pid="$(runtime_pid)"; then
+        log "stopping the runtime (pid $pid)"
+        kill -TERM "$pid"
+        local waited=0
+        while kill -0 "$pid" 2>/dev/null; do
+            if [[ $waited -ge 150 ]]; then
+                warn "the runtime did not stop within 15 s: killing it"
+                kill -KILL "$pid" 2>/dev/null || true
+                break
+            fi
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        rm -f "$RUNTIME_PIDFILE"
+    else
+        log "runtime not running (no live pid in $RUNTIME_PIDFILE)"
+    fi
+    if runtime_answers; then
+        warn "a runtime started elsewhere still answers on $RUNTIME_SOCKET: left running"
+    fi
+}
+
+# --- the database -------------------------------------------------------------------------------
+
+# During development the install script of a version changes without a new version number, and
+# CREATE EXTENSION IF NOT EXISTS would keep the old functions. When the installed extension files
+# changed since the last `up`, re-create the extension; without CASCADE, so nothing of the
+# user's is dropped (if something depends on it, say so and keep it).
+refresh_extension() {
+    local sharedir stamp hash installed
+    sharedir="$("$PG_BIN/pg_config" --sharedir)"
+    stamp="$CLUSTER_ROOT/azure_local_ai.sha256"
+    hash="$(cat "$sharedir"/extension/azure_local_ai[.-]* | sha256sum | cut -c1-64)"
+    installed="$(psql_as_postgres -d "$DATABASE" -Atc \
+        "SELECT count(*) FROM pg_extension WHERE extname = 'azure_local_ai'")"
+    if [[ $installed == 1 && $(cat "$stamp" 2>/dev/null) != "$hash" ]]; then
+        log "the extension's installed files changed: re-creating azure_local_ai in $DATABASE"
+        if ! psql_as_postgres -d "$DATABASE" -c "DROP EXTENSION azure_local_ai" 2>/dev/null; then
+            # no stamp: the next `up` tries again
+            warn "objects depend on azure_local_ai: kept its old definitions" \
+                "(DROP EXTENSION azure_local_ai CASCADE renews them)"
+            return
+        fi
+    fi
+    psql_as_postgres -d "$DATABASE" -c "CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE"
+    printf '%s\n' "$hash" >"$stamp"
+}
+
+database_up() {
+    local exists
+    exists="$(psql_as_postgres -d postgres -Atc \
+        "SELECT count(*) FROM pg_database WHERE datname = '$DATABASE'")"
+    if [[ $exists != 1 ]]; then
+        log "creating database $DATABASE"
+        psql_as_postgres -d postgres -c "CREATE DATABASE $DATABASE"
+    fi
+    if [[ -f $("$PG_BIN/pg_config" --sharedir)/extension/azure_local_ai.control ]]; then
+        refresh_extension
+    else
+        warn "extension azure_local_ai is not installed in the server (make install-ext):" \
+            "created plpython3u and vector only"
+        psql_as_postgres -d "$DATABASE" -c "CREATE EXTENSION IF NOT EXISTS plpython3u"
+    fi
+    psql_as_postgres -d "$DATABASE" -c "CREATE EXTENSION IF NOT EXISTS vector"
+    log "database $DATABASE: $(psql_as_postgres -d "$DATABASE" -Atc \
+        "SELECT string_agg(extname || ' ' || extversion, ', ' ORDER BY extname) FROM pg_extension")"
+}
+
+write_env() {
+    local tmp="$ENV_FILE.tmp"
+    cat >"$tmp" <<EOF
+# Written by \`make up\` (scripts/cluster.sh). Use: . .run/env && psql
+export PGHOST='$PG_SOCKET_DIR'
+export PGPORT='$PGPORT'
+export PGUSER='postgres'
+export PGDATABASE='$DATABASE'
+export PGLOCALAI_SOCKET='$RUNTIME_SOCKET'
+export PGLOCALAI_HOME='$PGLOCALAI_HOME'
+export PGLOCALAI_RUNTIME_PIDFILE='$RUNTIME_PIDFILE'
+export PGLOCALAI_RUNTIME_LOG='$RUNTIME_LOG'
+export PGLOCALAI_PGLOG='$PG_LOG'
+EOF
+    mv "$tmp" "$ENV_FILE"
+}
+
+# --- commands -----------------------------------------------------------------------------------
+
+cmd_up() {
+    require_root
+    set_cluster_paths "$(cluster_root)"
+    printf '%s\n' "$CLUSTER_ROOT" >"$CLUSTER_RECORD"
+    pg_up
+    runtime_up
+    database_up
+    write_env
+    log "ready: . .run/env && psql"
+}
+
+cmd_down() {
+    require_root
+    set_cluster_paths "$(cluster_root)"
+    load_recorded_settings
+    runtime_down
+    pg_down
+}
+
+cmd_status() {
+    set_cluster_paths "$(cluster_root)"
+    load_recorded_settings
+    local ok=0 pid
+    if pg_running; then
+        echo "PostgreSQL $(pg_major): running, socket $PG_SOCKET_DIR port $PGPORT, data $PGDATA_DIR"
+    else
+        echo "PostgreSQL $(pg_major): stopped (data $PGDATA_DIR)"
+        ok=3
+    fi
+    if runtime_answers; then
+        pid="$(runtime_pid || echo "not started by this checkout")"
+        echo "runtime: running on $RUNTIME_SOCKET (supervisor pid $pid)"
+        "$PGLOCALAI" status --socket "$RUNTIME_SOCKET" 2>&1 | sed 's/^/  /' || true
+    else
+        echo "runtime: not answering on $RUNTIME_SOCKET"
+        ok=3
+    fi
+    return "$ok"
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    *)
+        echo "usage: $0 up|down|status" >&2
+        exit 2
+        ;;
+esac

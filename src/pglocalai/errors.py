@@ -1,0 +1,152 @@
+"""One error hierarchy for the whole project.
+
+Standard library only: PL/Python imports this module inside the server.
+
+::
+
+    PglocalaiError                      code              SQLSTATE
+    ├── ClientError                     (the caller's side of the socket)
+    │   ├── RuntimeUnavailable          runtime_unavailable   08001
+    │   ├── ProtocolMismatch            protocol_mismatch     08P01
+    │   └── InvalidArgument             invalid_argument      22023
+    ├── ServiceError                    (raised inside the runtime)
+    │   ├── BadRequest                  bad_request           08P01
+    │   ├── RequestTimeout              timeout               57014
+    │   ├── Overloaded                  overloaded            53000
+    │   ├── UnknownSetting              unknown_setting       22023
+    │   ├── InferenceFailed             inference_failed      XX000
+    │   └── ShuttingDown                shutting_down         57P01
+    └── ModelStoreError                 (model files)
+        ├── ModelNotInstalled           model_not_installed   22023
+        ├── ChecksumMismatch            checksum_mismatch     XX001
+        └── ModelFormatError            model_format          XX001
+
+Every leaf has a stable ``code`` that crosses the socket (``to_wire`` /
+``from_wire``), a SQLSTATE used by the PL/Python functions and an exit code
+used by the CLI. Messages follow the PostgreSQL voice: lowercase, no trailing
+period; ``detail`` says what was found, ``hint`` what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PglocalaiError(Exception):
+    """Base class: carries a user-actionable message, detail and hint."""
+
+    code = "internal"
+    sqlstate = "XX000"
+    exit_code = 1
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-able form sent by the runtime to a client."""
+        return {"code": self.code, "message": self.message, "detail": self.detail,
+                "hint": self.hint}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ClientError(PglocalaiError):
+    """Raised on the caller's side: the runtime could not be reached or understood."""
+
+
+class RuntimeUnavailable(ClientError):
+    code = "runtime_unavailable"
+    sqlstate = "08001"
+    exit_code = 3
+
+
+class ProtocolMismatch(ClientError):
+    code = "protocol_mismatch"
+    sqlstate = "08P01"
+    exit_code = 3
+
+
+class InvalidArgument(ClientError):
+    code = "invalid_argument"
+    sqlstate = "22023"
+    exit_code = 2
+
+
+class ServiceError(PglocalaiError):
+    """Raised inside the runtime while serving a request."""
+
+
+class BadRequest(ServiceError):
+    code = "bad_request"
+    sqlstate = "08P01"
+
+
+class RequestTimeout(ServiceError):
+    code = "timeout"
+    sqlstate = "57014"
+
+
+class Overloaded(ServiceError):
+    code = "overloaded"
+    sqlstate = "53000"
+
+
+class UnknownSetting(ServiceError):
+    code = "unknown_setting"
+    sqlstate = "22023"
+    exit_code = 2
+
+
+class InferenceFailed(ServiceError):
+    code = "inference_failed"
+    sqlstate = "XX000"
+
+
+class ShuttingDown(ServiceError):
+    code = "shutting_down"
+    sqlstate = "57P01"
+
+
+class ModelStoreError(PglocalaiError):
+    """A model is missing, corrupted or malformed in the model store."""
+
+    exit_code = 4
+
+
+class ModelNotInstalled(ModelStoreError):
+    code = "model_not_installed"
+    sqlstate = "22023"
+
+
+class ChecksumMismatch(ModelStoreError):
+    code = "checksum_mismatch"
+    sqlstate = "XX001"
+
+
+class ModelFormatError(ModelStoreError):
+    code = "model_format"
+    sqlstate = "XX001"
+
+
+def _leaves(cls: type[PglocalaiError]) -> list[type[PglocalaiError]]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_leaves(sub))
+    return out
+
+
+BY_CODE: dict[str, type[PglocalaiError]] = {
+    c.code: c for c in _leaves(PglocalaiError) if c.code != PglocalaiError.code
+}
+
+
+def from_wire(payload: dict[str, Any]) -> PglocalaiError:
+    """Rebuild the typed error a runtime sent; unknown codes become the base class."""
+    cls = BY_CODE.get(str(payload.get("code")), PglocalaiError)
+    return cls(str(payload.get("message") or "runtime error"),
+               detail=payload.get("detail"), hint=payload.get("hint"))

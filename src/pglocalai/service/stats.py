@@ -1,0 +1,89 @@
+"""Runtime statistics, per model and in total.
+
+Counters are plain integers updated on the event loop thread (no locks).
+Latencies keep the last ``WINDOW`` requests per model: percentiles describe the
+recent behaviour and memory stays bounded however long the runtime runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+WINDOW = 4096
+COUNTERS = ("requests", "texts", "tokens", "batches", "batched_texts", "errors", "timeouts",
+            "overloaded", "cancelled")
+
+
+class ModelStats:
+    __slots__ = (*COUNTERS, "latencies")
+
+    def __init__(self) -> None:
+        for name in COUNTERS:
+            setattr(self, name, 0)
+        self.latencies: deque[float] = deque(maxlen=WINDOW)
+
+    def record_batch(self, size: int, tokens: int) -> None:
+        self.batches += 1
+        self.batched_texts += size
+        self.tokens += tokens
+
+    def snapshot(self, queue_depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
+        out["avg_batch_size"] = round(self.batched_texts / self.batches, 2) if self.batches else 0
+        out["queue_depth"] = queue_depth
+        out["latency_ms"] = percentiles(list(self.latencies))
+        return out
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    p = np.percentile(np.asarray(values, dtype=np.float64), [50, 95, 99])
+    return {"p50": round(float(p[0]), 3), "p95": round(float(p[1]), 3),
+            "p99": round(float(p[2]), 3)}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.models: dict[str, ModelStats] = {}
+        self.connections = 0
+        self.bad_frames = 0
+
+    def model(self, uri: str) -> ModelStats:
+        stats = self.models.get(uri)
+        if stats is None:
+            stats = self.models[uri] = ModelStats()
+        return stats
+
+    def uptime(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def snapshot(self, queue_depths: dict[str, int]) -> dict[str, Any]:
+        """The STATS reply: per model, totals, uptime and resident memory."""
+        models = {uri: s.snapshot(queue_depths.get(uri, 0)) for uri, s in self.models.items()}
+        totals: dict[str, Any] = {name: sum(m[name] for m in models.values())
+                                  for name in COUNTERS}
+        batches = totals["batches"]
+        totals["avg_batch_size"] = round(totals["batched_texts"] / batches, 2) if batches else 0
+        totals["queue_depth"] = sum(queue_depths.values())
+        merged: list[float] = []
+        for s in self.models.values():
+            merged.extend(s.latencies)
+        totals["latency_ms"] = percentiles(merged)
+        return {"uptime_s": self.uptime(), "rss_bytes": rss_bytes(),
+                "connections": self.connections, "bad_frames": self.bad_frames,
+                "models": models, "totals": totals}
+
+
+def rss_bytes() -> int:
+    try:
+        import psutil  # noqa: PLC0415 - optional at import time
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - stats must never fail a request
+        return 0
