@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from typing import Any
 
 from benchmarks.common import REPO
@@ -137,4 +138,40 @@ def peaks(cpu: dict[str, Any]) -> dict[str, Any]:
         out["amx_int8_gops"] = cores * ghz * 2048
         out["amx_note"] = ("AMX-INT8 tiles could reach 1,024 MACs/cycle/core in theory; "
                            "shown for scale, not used as the reference peak")
+    return out
+
+
+def measured_gemm(threads: int, m: int = 2048, k: int = 1536, n: int = 1536,
+                  reps: int = 7) -> dict[str, float]:
+    """GEMM rate ONNX Runtime itself reaches here (one MatMul / MatMulInteger node, best of
+    ``reps``): the practical ceiling for the model's Linear layers, next to the theory."""
+    import numpy as np  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    out = {"shape": f"[{m}x{k}] x [{k}x{n}]", "threads": threads}
+    cases = {"fp32": ("MatMul", rng.standard_normal((m, k)).astype(np.float32),
+                      rng.standard_normal((k, n)).astype(np.float32), TensorProto.FLOAT),
+             "int8": ("MatMulInteger", rng.integers(0, 255, (m, k), dtype=np.uint8),
+                      rng.integers(-127, 127, (k, n), dtype=np.int8), TensorProto.INT32)}
+    for name, (op, x, w, ytype) in cases.items():
+        xtype = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.UINT8
+        graph = helper.make_graph(
+            [helper.make_node(op, ["x", "w"], ["y"])], "gemm",
+            [helper.make_tensor_value_info("x", xtype, [m, k])],
+            [helper.make_tensor_value_info("y", ytype, [m, n])], [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        sess.run(None, {"x": x})
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            sess.run(None, {"x": x})
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_gops"] = 2.0 * m * k * n / best / 1e9
+        del sess
     return out

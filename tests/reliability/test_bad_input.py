@@ -83,33 +83,39 @@ def test_a_request_beyond_the_frame_limit_is_refused_with_a_hint(pg_params: dict
                             (E5,)).fetchone() == (384,)
 
 
-@pytest.mark.parametrize("overload", ["array", "ids"])
 def test_a_100000_element_array_runs_in_bounded_memory(pg_params: dict[str, str],
                                                        fake_runtime: Runtime,
-                                                       figures: dict[str, Any],
-                                                       overload: str) -> None:
+                                                       figures: dict[str, Any]) -> None:
+    """The ids overload (Azure's batch form); the plain array one streams the same way.
+
+    The fake engine keeps the runtime's share cheap: what could grow without bound is
+    the plumbing (client, PL/Python rows, queues), not the fixed-size model.
+    """
     n = 100_000
     texts = f"ARRAY(SELECT 'element number ' || g FROM generate_series(1, {n}) g)"
-    ids = f", ARRAY(SELECT g FROM generate_series(1, {n}) g)" if overload == "ids" else ""
+    ids = f"ARRAY(SELECT g FROM generate_series(1, {n}) g)"
     query = (f"SELECT count(*), count(embedding), min(array_length(embedding, 1))"
-             f" FROM azure_local_ai.create_embeddings(%s, {texts}{ids}, batch_size => 128)")
+             f" FROM azure_local_ai.create_embeddings(%s, {texts}, {ids}, batch_size => 128)")
     with connect(pg_params, fake_runtime.socket) as conn:
         # warm up: the package is loaded and the connection open before the baseline
         conn.execute(query.replace(str(n), "1000"), (E5,))
         server, runtime = backend(conn), fake_runtime.process()
-        base = {"backend": private_bytes(server), "runtime": runtime.memory_info().rss}
         readers = {"backend": lambda: private_bytes(server),
+                   "backend_rss": lambda: server.memory_info().rss,
                    "runtime": lambda: runtime.memory_info().rss}
+        base = {name: read() for name, read in readers.items()}
         with PeakSampler(readers) as peaks:
             row = conn.execute(query, (E5,)).fetchone()
         assert row == (n, n, 384)
         grown = {name: max(0, peaks.peaks[name] - base[name]) for name in base}
-    assert grown["backend"] < MEMORY_BOUND, f"backend grew by {mib(grown['backend'])}"
-    assert grown["runtime"] < MEMORY_BOUND, f"runtime grew by {mib(grown['runtime'])}"
-    figures[f"array_100000_{overload}"] = {
+    for name, added in grown.items():
+        assert added < MEMORY_BOUND, f"{name} grew by {mib(added)}"
+    figures["array_100000_ids"] = {
         "texts": n, "batch_size": 128,
         "backend_private_mib_before": round(base["backend"] / 2**20, 1),
         "backend_peak_growth_mib": round(grown["backend"] / 2**20, 1),
+        "backend_rss_mib_before": round(base["backend_rss"] / 2**20, 1),
+        "backend_rss_peak_growth_mib": round(grown["backend_rss"] / 2**20, 1),
         "runtime_rss_mib_before": round(base["runtime"] / 2**20, 1),
         "runtime_peak_growth_mib": round(grown["runtime"] / 2**20, 1)}
 

@@ -152,7 +152,7 @@ def test_killed_runtime_fails_the_bulk_update_and_the_same_session_recovers(
         "killed_pid": killed, "restarted_pid": restarted["pid"]}
 
 
-# -- the runtime is not running ---------------------------------------------------------------------
+# -- the runtime is not running -------------------------------------------------------------------
 
 NOT_RUNNING_CALLS = {
     "text": "SELECT azure_local_ai.create_embeddings(%s, 'x')",
@@ -212,12 +212,15 @@ def test_runtime_not_running_gives_a_clear_error_from_every_function(
         rt.remove()
 
 
-# -- a model corrupted on disk ----------------------------------------------------------------------
+# -- a model corrupted on disk --------------------------------------------------------------------
 
 
 def store_copy(store: Path, damaged_uri: str, damaged_file: str) -> Path:
-    """A store of both models; only the damaged file is a real copy, the rest hard links."""
-    copy = Path(tempfile.mkdtemp(prefix="pglocalai-rel-store-", dir="/tmp"))
+    """A store of both models; only the damaged file is a real copy, the rest hard links.
+
+    Made next to the store, so that the links stay on one file system (else: copies).
+    """
+    copy = Path(tempfile.mkdtemp(prefix=".reliability-store-", dir=store.parent))
     for uri in (E5, MINILM):
         name = uri.replace(":", "@")
         (copy / name).mkdir()

@@ -274,3 +274,17 @@ def test_texts_of_a_request_cancelled_before_it_released_are_accounted_for() -> 
         await q.close()
 
     run(main())
+
+
+def test_batch_grows_by_the_neighbour_that_adds_least_padding() -> None:
+    async def main() -> None:
+        q = make_queue(FakeEngine(SPEC), max_batch_tokens=1000, max_batch_size=3)
+        _items(q, [30, 20, 30, 31, 30])
+        assert [it.length for it in q._take()] == [30, 30, 30]  # equal lengths first
+        assert sorted(it.length for it in q._take()) == [20, 31]
+        _items(q, [10, 10, 40])
+        assert [it.length for it in q._take()] == [10, 10]  # 40 would be mostly padding
+        assert [it.length for it in q._take()] == [40]
+        await q.close()
+
+    run(main())

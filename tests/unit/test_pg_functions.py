@@ -27,9 +27,9 @@ import pytest
 from pglocalai import errors
 from pglocalai.client import Client
 from pglocalai.pg import functions as f
+from pglocalai.service.background import BackgroundServer
 from pglocalai.service.config import ServiceConfig
 from pglocalai.service.engine import FakeCatalog
-from pglocalai.service.server import BackgroundServer
 from pglocalai.service.settings import Settings
 
 E5 = "multilingual-e5-small:v1"

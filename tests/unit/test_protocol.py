@@ -29,7 +29,8 @@ def test_roundtrip_keeps_kind_id_header_and_payload() -> None:
 
 
 def test_unicode_texts_travel_unchanged() -> None:
-    texts = ["", "héllo wörld", "日本語のテキスト", "emoji 🧪🚀", "tab\tnew\nline\x00nul", "a" * 10000]
+    texts = ["", "héllo wörld", "日本語のテキスト", "emoji 🧪🚀", "tab\tnew\nline\x00nul",
+             "a" * 10000]
     back = roundtrip(Frame(Kind.EMBED, 7, {"model": "m:v1", "inputs": texts}))
     assert protocol.texts_of(back.header) == texts
 

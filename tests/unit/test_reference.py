@@ -186,7 +186,8 @@ def test_safetensors_round_trip(tmp_path) -> None:
 def test_export_hf_layout(tmp_path) -> None:
     q4 = q4_word_embeddings(random_bert(CONFIG))
     out = export_hf_layout(q4, CONFIG, '{"version": "1.0"}', tmp_path / "hf",
-                           tokenizer_config={"tokenizer_class": "XLMRobertaTokenizer"})
+                           tokenizer_config={"tokenizer_class": "XLMRobertaTokenizer"},
+                           license_id="MIT", card="a tiny model")
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] == 64 and config["num_hidden_layers"] == 2
     assert config["vocab_size"] == 90 and config["hidden_act"] == "gelu"
@@ -199,6 +200,7 @@ def test_export_hf_layout(tmp_path) -> None:
     assert weights.keys() == dense_weights(q4).keys()
     np.testing.assert_array_equal(weights[WORD + ".weight"], word_embedding_table(q4))
     assert (out / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    assert (out / "README.md").read_text().startswith("---\nlicense: mit\n---\n")
 
 
 def test_pack_to_bert_names_and_shapes() -> None:

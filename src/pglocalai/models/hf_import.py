@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pglocalai.errors import ModelFormatError, ModelStoreError
+from pglocalai.models.convert import CONVERTER_VERSION
 from pglocalai.models.store import ModelInfo, ModelStore, validate_uri
 
 Progress = Callable[[str], object]
@@ -72,6 +73,9 @@ def import_hf_folder(store: ModelStore, folder: str | Path, uri: str,
         "license": read_license(folder, config), "dimensions": dims, "max_tokens": max_tokens,
         "pooling": pooling, "normalize": normalize, "tokenizer": "tokenizer.json",
     }
+    if weights == "safetensors":
+        # our graph builder made the graphs: record its version so stale installs get rebuilt
+        md["converter_version"] = CONVERTER_VERSION
     with store.staging() as staging:
         changes = write_tokenizer(folder / "tokenizer.json", staging / "tokenizer.json",
                                   max_tokens)

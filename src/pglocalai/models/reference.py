@@ -10,7 +10,6 @@ that agrees with it computes the model and not merely something close to it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
@@ -18,22 +17,29 @@ from pglocalai.errors import ModelFormatError
 from pglocalai.models.bert_onnx import BertConfig, canonical_weights, word_embedding_table
 
 _ERF = np.frompyfunc(math.erf, 1, 1)
-# Maclaurin series of erf: 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)), |x| <= 2.5
+# Maclaurin series of erf: 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
 _SERIES = np.array([(-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(41)])
+# (bound on |x|, terms for < 1e-15 there): most GELU inputs are small, so they get few terms
+_RANGES = ((1.0, 19), (2.5, 41))
 
 
 def erf(x: np.ndarray) -> np.ndarray:
     """erf to ~1e-14: a power series where it converges fast, math.erf beyond."""
     x = np.asarray(x, dtype=np.float64)
     out = np.empty_like(x)
-    small = np.abs(x) <= 2.5
-    xs = x[small]
-    z = xs * xs
-    acc = np.full_like(xs, _SERIES[-1])
-    for c in _SERIES[-2::-1]:
-        acc = acc * z + c
-    out[small] = 2.0 / math.sqrt(math.pi) * xs * acc
-    out[~small] = _ERF(x[~small]).astype(np.float64)
+    ax = np.abs(x)
+    low = 0.0
+    for bound, terms in _RANGES:
+        sel = (ax > low) & (ax <= bound) if low else ax <= bound
+        xs = x[sel]
+        z = xs * xs
+        acc = np.full_like(xs, _SERIES[terms - 1])
+        for c in _SERIES[terms - 2 :: -1]:
+            acc = acc * z + c
+        out[sel] = 2.0 / math.sqrt(math.pi) * xs * acc
+        low = bound
+    rest = ax > low
+    out[rest] = _ERF(x[rest]).astype(np.float64)
     return out
 
 
@@ -57,13 +63,8 @@ def bert_hidden(
     input_ids: np.ndarray,
     attention_mask: np.ndarray,
     dtype: type = np.float64,
-    observe: Callable[[str, np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """Last hidden state [batch, seq, hidden] in ``dtype`` (float64 by default, for a tight check).
-
-    ``observe(point, rows)`` if given sees the input rows of every Linear (real tokens
-    only), named ``l{i}.qkv``, ``l{i}.ao``, ``l{i}.fi``, ``l{i}.fo``: what int8 calibration needs.
-    """
+    """Last hidden state [batch, seq, hidden], computed in ``dtype`` (float64: a tight check)."""
     w = canonical_weights(weights)
 
     def p(name: str) -> np.ndarray:
@@ -80,11 +81,6 @@ def bert_hidden(
     x = _layer_norm(x, p("embeddings.LayerNorm.weight"), p("embeddings.LayerNorm.bias"), config.eps)
     # masked keys get no weight at all (as with an additive -inf)
     key_ok = (mask > 0)[:, None, None, :]
-    real = mask > 0
-
-    def seen(point: str, t: np.ndarray) -> None:
-        if observe is not None:
-            observe(point, t[real])
     for i in range(config.layers):
         pre = f"encoder.layer.{i}."
 
@@ -96,7 +92,6 @@ def bert_hidden(
         def heads(t: np.ndarray) -> np.ndarray:
             return t.reshape(batch, seq, nh, hd).transpose(0, 2, 1, 3)
 
-        seen(f"l{i}.qkv", x)
         q = heads(lin(x, "attention.self.query"))
         k = heads(lin(x, "attention.self.key"))
         v = heads(lin(x, "attention.self.value"))
@@ -106,13 +101,10 @@ def bert_hidden(
         probs = np.where(key_ok, np.exp(scores), 0.0)
         probs = probs / probs.sum(axis=-1, keepdims=True)
         ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, h)
-        seen(f"l{i}.ao", ctx)
         x = _layer_norm(lin(ctx, "attention.output.dense") + x,
                         p(pre + "attention.output.LayerNorm.weight"),
                         p(pre + "attention.output.LayerNorm.bias"), config.eps)
-        seen(f"l{i}.fi", x)
         mid = _gelu(lin(x, "intermediate.dense"), config.act)
-        seen(f"l{i}.fo", mid)
         x = _layer_norm(lin(mid, "output.dense") + x, p(pre + "output.LayerNorm.weight"),
                         p(pre + "output.LayerNorm.bias"), config.eps)
     return x

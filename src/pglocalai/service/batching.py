@@ -17,9 +17,9 @@ the backend. For one model::
   are being tokenised, so simultaneous arrivals share a batch. While a worker
   is busy, new requests accumulate into the next batch (continuous batching).
 * A batch always holds the oldest pending text (no starvation). Around it, in
-  length order, it takes the texts of the nearest lengths, as many as fit in
-  ``max_batch_tokens`` padded tokens (size x longest) and ``max_batch_size``:
-  similar lengths waste little on padding.
+  length order, it grows by whichever neighbour adds the least padding, as long
+  as ``max_batch_tokens`` padded tokens (size x longest) and ``max_batch_size``
+  allow: similar lengths waste little on padding.
 * Rows are scattered back into each request's own output array at the text's
   input index, so results are in input order whatever the batch order was.
 * A request that times out or whose client went away is dropped: its texts are
@@ -283,18 +283,29 @@ class ModelQueue:
             return []
         oldest = window[0]
         ordered = sorted(window, key=_length)  # stable: ties stay oldest first
-        pos = ordered.index(oldest)
-        budget, size = self.max_batch_tokens, self.max_batch_size
-        # shorter neighbours first (they do not raise the padded width) ...
-        lo = pos
+        lo = hi = ordered.index(oldest)
         longest = oldest.length
-        while lo > 0 and pos - lo + 2 <= size and (pos - lo + 2) * longest <= budget:
-            lo -= 1
-        hi = pos
-        # ... then longer ones while the padded size stays in budget
-        while (hi + 1 < len(ordered) and hi - lo + 2 <= size
-               and (hi - lo + 2) * ordered[hi + 1].length <= budget):
-            hi += 1
+        budget, size, last = self.max_batch_tokens, self.max_batch_size, len(ordered) - 1
+        # grow around the oldest text, always by the neighbour that adds the least
+        # padding, while size x longest stays within the token budget
+        while hi - lo + 1 < size:
+            count = hi - lo + 1
+            left = right = None
+            if lo > 0 and (count + 1) * longest <= budget:
+                left = longest - ordered[lo - 1].length
+                if left > ordered[lo - 1].length:
+                    left = None  # it would add more padding than tokens
+            if hi < last and (count + 1) * ordered[hi + 1].length <= budget:
+                right = count * (ordered[hi + 1].length - longest)
+                if right > ordered[hi + 1].length:
+                    right = None
+            if left is None and right is None:
+                break
+            if right is None or (left is not None and left < right):
+                lo -= 1
+            else:
+                hi += 1
+                longest = ordered[hi].length
         batch = ordered[lo : hi + 1]
         if len(batch) < len(window):
             chosen = {id(item) for item in batch}
@@ -309,19 +320,21 @@ class ModelQueue:
         self.running += 1
         try:
             try:
+                started = time.perf_counter()
                 vectors = await self._loop.run_in_executor(
                     self._run_pool, self.engine.run, [it.ids for it in batch], worker)
-                self._scatter(batch, vectors)
+                self._scatter(batch, vectors, time.perf_counter() - started)
             except Exception as exc:  # noqa: BLE001 - isolated below, never kills the worker
                 await self._isolate_failure(batch, exc, worker)
         finally:
             self.running -= 1
 
-    def _scatter(self, batch: list[_Item], vectors: np.ndarray) -> None:
+    def _scatter(self, batch: list[_Item], vectors: np.ndarray, seconds: float) -> None:
         if vectors.shape != (len(batch), self.dim):
             raise InferenceFailed(f"model returned shape {vectors.shape}, expected "
                                   f"{(len(batch), self.dim)}")
-        self.stats.record_batch(len(batch), sum(it.length for it in batch))
+        lengths = [it.length for it in batch]
+        self.stats.record_batch(len(batch), sum(lengths), max(lengths), seconds)
         for item, row in zip(batch, vectors, strict=True):
             req = item.req
             if req.future.done():
@@ -348,9 +361,10 @@ class ModelQueue:
             if items[0].req.future.done():
                 continue
             try:
+                started = time.perf_counter()
                 vectors = await self._loop.run_in_executor(
                     self._run_pool, self.engine.run, [it.ids for it in items], worker)
-                self._scatter(items, vectors)
+                self._scatter(items, vectors, time.perf_counter() - started)
             except Exception as alone:  # noqa: BLE001
                 self._fail(items, alone)
 

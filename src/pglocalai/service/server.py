@@ -24,8 +24,8 @@ import asyncio
 import hmac
 import os
 import signal
-import threading
 import time
+from logging import DEBUG
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +76,14 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=4 << 20)
         self.server.connections.add(self)
         self.server.stats.connections += 1
+        if log.isEnabledFor(DEBUG):
+            log.debug("connection_opened", open=len(self.server.connections))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if log.isEnabledFor(DEBUG):
+            log.debug("connection_closed", in_flight=len(self.tasks),
+                      error=str(exc) if exc else None)
         for task in self.tasks:
             task.cancel()  # the client is gone: drop its queued work
         self.buf = bytearray()
@@ -215,19 +220,28 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
+        # a start that fails must leave no socket behind: check the secret before listening
+        secret = _read_secret(cfg.secret_file or "") if cfg.tcp else None
         self._lock_fd = daemon.prepare_socket_path(cfg.socket, cfg.socket_owner)
-        unix = await loop.create_unix_server(lambda: Connection(self, None), path=cfg.socket,
-                                             backlog=512)
-        daemon.secure_socket(cfg.socket, cfg.socket_owner)
-        self._listeners.append(unix)
         where: dict[str, Any] = {"socket": cfg.socket}
-        if cfg.tcp:
-            host, port = cfg.tcp_address()
-            secret = _read_secret(cfg.secret_file or "")
-            tcp = await loop.create_server(lambda: Connection(self, secret), host=host,
-                                           port=port, backlog=512)
-            self._listeners.append(tcp)
-            where["tcp"] = f"{host}:{tcp.sockets[0].getsockname()[1]}"
+        try:
+            unix = await loop.create_unix_server(lambda: Connection(self, None),
+                                                 path=cfg.socket, backlog=512)
+            self._listeners.append(unix)
+            daemon.secure_socket(cfg.socket, cfg.socket_owner)
+            if cfg.tcp:
+                host, port = cfg.tcp_address()
+                tcp = await loop.create_server(lambda: Connection(self, secret), host=host,
+                                               port=port, backlog=512)  # may be taken
+                self._listeners.append(tcp)
+                where["tcp"] = f"{host}:{tcp.sockets[0].getsockname()[1]}"
+        except BaseException:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners.clear()
+            daemon.release_socket(cfg.socket, self._lock_fd)
+            self._lock_fd = None
+            raise
         log.info("listening", version=__version__, protocol=protocol.PROTOCOL_VERSION,
                  pid=os.getpid(), workers=cfg.workers, engine=cfg.engine, **where)
 
@@ -256,8 +270,9 @@ class Server:
         for conn in list(self.connections):
             conn.close()
         await asyncio.sleep(0)
-        daemon.release_socket(self.config.socket, self._lock_fd)
-        self._lock_fd = None
+        if self._lock_fd is not None:  # only the runtime that holds the lock owns the socket
+            daemon.release_socket(self.config.socket, self._lock_fd)
+            self._lock_fd = None
         log.info("stopped", drained=drained)
 
     # -- requests ---------------------------------------------------------------
@@ -311,7 +326,7 @@ class Server:
             except PglocalaiError:
                 queue.stats.errors += 1
                 raise
-            if log.isEnabledFor(10):
+            if log.isEnabledFor(DEBUG):
                 log.debug("embed", model=uri, texts=len(texts), request_id=rid)
             return Frame(Kind.EMBEDDINGS, rid, {"count": len(out), "dim": queue.dim},
                          out.tobytes())
@@ -385,60 +400,3 @@ async def serve(server: Server, ready: Any = None, install_signals: bool = True)
         await server.wait_stopped()
     finally:
         await server.shutdown()
-
-
-class BackgroundServer:
-    """A runtime in a thread of this process (tests and benchmarks).
-
-    >>> with BackgroundServer(config, FakeCatalog(), Settings(None, defaults())) as bg:
-    ...     Client(config.socket).health()
-    """
-
-    def __init__(self, config: ServiceConfig, catalog: Catalog, settings: Settings) -> None:
-        self.config = config
-        self._catalog = catalog
-        self._settings = settings
-        self.server: Server | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="pglocalai-server", daemon=True)
-
-    def _main(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.server = Server(self.config, self._catalog, self._settings)
-            await serve(self.server, self._ready.set, install_signals=False)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
-            self._error = exc
-            self._ready.set()
-
-    def start(self, timeout: float = 60.0) -> BackgroundServer:
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise RuntimeError(f"runtime did not start: {self._error!r}")
-        return self
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(*args)`` on the server's loop (a coroutine function or a plain one)."""
-        assert self.loop is not None
-
-        async def wrapper() -> Any:
-            result = fn(*args)
-            return await result if asyncio.iscoroutine(result) else result
-
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(60)
-
-    def stop(self) -> None:
-        if self.server is not None and self.loop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.server.request_stop)
-        self._thread.join(60)
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

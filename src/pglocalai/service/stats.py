@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 WINDOW = 4096
-COUNTERS = ("requests", "texts", "tokens", "batches", "batched_texts", "errors", "timeouts",
-            "overloaded", "cancelled")
+COUNTERS = ("requests", "texts", "tokens", "padded_tokens", "batches", "batched_texts",
+            "run_seconds", "errors", "timeouts", "overloaded", "cancelled")
 
 
 class ModelStats:
@@ -26,14 +26,17 @@ class ModelStats:
             setattr(self, name, 0)
         self.latencies: deque[float] = deque(maxlen=WINDOW)
 
-    def record_batch(self, size: int, tokens: int) -> None:
+    def record_batch(self, size: int, tokens: int, longest: int, seconds: float) -> None:
         self.batches += 1
         self.batched_texts += size
         self.tokens += tokens
+        self.padded_tokens += size * longest
+        self.run_seconds += seconds
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
         out["avg_batch_size"] = round(self.batched_texts / self.batches, 2) if self.batches else 0
+        out["run_seconds"] = round(self.run_seconds, 3)
         out["queue_depth"] = queue_depth
         out["latency_ms"] = percentiles(list(self.latencies))
         return out
@@ -68,6 +71,7 @@ class Stats:
         models = {uri: s.snapshot(queue_depths.get(uri, 0)) for uri, s in self.models.items()}
         totals: dict[str, Any] = {name: sum(m[name] for m in models.values())
                                   for name in COUNTERS}
+        totals["run_seconds"] = round(totals["run_seconds"], 3)
         batches = totals["batches"]
         totals["avg_batch_size"] = round(totals["batched_texts"] / batches, 2) if batches else 0
         totals["queue_depth"] = sum(queue_depths.values())

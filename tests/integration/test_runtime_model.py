@@ -1,0 +1,135 @@
+"""The runtime with the real multilingual-e5-small:v1 model from the model store."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pglocalai.client import Client
+from pglocalai.errors import ChecksumMismatch
+from pglocalai.models.store import ModelStore, default_models_dir
+from pglocalai.service.background import BackgroundServer
+from pglocalai.service.config import ServiceConfig
+from pglocalai.service.engine import StoreCatalog
+from pglocalai.service.settings import Settings
+
+E5 = "multilingual-e5-small:v1"
+MINILM = "all-minilm-l6-v2:v1"
+pytestmark = pytest.mark.model
+
+TEXTS = [
+    "query: how do I create embeddings inside PostgreSQL?",
+    "passage: PostgreSQL ist ein objektrelationales Datenbanksystem.",
+    "", " ", "passage: 東京は日本の首都です。", "🧪🚀 emoji only", "e\u0301te\u0301   spaced  out ",
+    "<s> literal special tokens </s>", "ไทย ภาษา", "x" * 3000,
+    " ".join(["a long passage that goes far over the limit"] * 120),
+]
+
+
+def _store_with(uri: str) -> Path:
+    root = default_models_dir()
+    if uri not in ModelStore(root).uris():
+        pytest.skip(f"{uri} is not installed in {root} (make up installs it)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    root = _store_with(E5)
+    base = tmp_path_factory.mktemp("model-rt")
+    cfg = ServiceConfig(socket=str(base / "rt" / "s.sock"), state_dir=str(base),
+                        models_dir=str(root), preload=E5, workers=2)
+    with BackgroundServer(cfg, StoreCatalog(root), Settings.load(base)) as bg:
+        yield bg
+
+
+def alone(bg: BackgroundServer, texts: list[str]) -> np.ndarray:
+    """Each text run by itself, straight through the loaded engine."""
+    engine = bg.server.models.queues[E5].engine
+    return np.concatenate([engine.run(engine.tokenize([t])) for t in texts])
+
+
+def vectors(dim: int, raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
+
+
+def test_embeddings_are_unit_vectors_in_input_order(runtime: BackgroundServer) -> None:
+    with Client(runtime.config.socket) as c:
+        dim, raw = c.embed_raw(E5, TEXTS)
+    got = vectors(dim, raw)
+    assert got.shape == (len(TEXTS), 384) and np.isfinite(got).all()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(got, alone(runtime, TEXTS), atol=1e-5)
+
+
+def test_token_counts_are_full_counts(runtime: BackgroundServer) -> None:
+    with Client(runtime.config.socket) as c:
+        counts = c.token_count(E5, ["", "query: hello", " ".join(["word"] * 700)])
+    assert counts[0] == 2  # <s></s>
+    assert counts[1] > 2 and counts[2] > 512  # before truncation
+
+
+def test_concurrent_clients_get_their_own_vectors(runtime: BackgroundServer) -> None:
+    errors: list[BaseException] = []
+    requests = {n: [[TEXTS[(n * 3 + i + j) % len(TEXTS)] + f" #{n}.{i}.{j}"
+                     for j in range(1 + (n + i) % 4)] for i in range(6)] for n in range(8)}
+    got: dict[int, list[np.ndarray]] = {}
+
+    def client(n: int) -> None:
+        try:
+            with Client(runtime.config.socket) as c:
+                got[n] = [vectors(*c.embed_raw(E5, texts)) for texts in requests[n]]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for n, texts_list in requests.items():
+        for texts, out in zip(texts_list, got[n], strict=True):
+            np.testing.assert_allclose(out, alone(runtime, texts), atol=1e-5)
+
+
+def test_settings_change_rebuilds_sessions_and_keeps_results(runtime: BackgroundServer) -> None:
+    with Client(runtime.config.socket) as c:
+        before = vectors(*c.embed_raw(E5, TEXTS[:4]))
+        original = c.get_settings()
+        try:
+            assert c.set_setting("intra_op_parallelism", "1")["intra_op_parallelism"] == 1
+            after = vectors(*c.embed_raw(E5, TEXTS[:4]))
+        finally:
+            c.set_setting("intra_op_parallelism", str(original["intra_op_parallelism"]))
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_corrupted_model_is_refused_and_others_keep_working(tmp_path: Path) -> None:
+    root = _store_with(E5)
+    _store_with(MINILM)
+    store = tmp_path / "models"
+    store.mkdir()
+    (store / "multilingual-e5-small@v1").symlink_to(root / "multilingual-e5-small@v1")
+    shutil.copytree(root / "all-minilm-l6-v2@v1", store / "all-minilm-l6-v2@v1")
+    info = ModelStore(store).get(MINILM)
+    graph = store / "all-minilm-l6-v2@v1" / info.variants[info.default_variant]["file"]
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    cfg = ServiceConfig(socket=str(tmp_path / "rt" / "s.sock"), state_dir=str(tmp_path),
+                        models_dir=str(store), workers=1)
+    with BackgroundServer(cfg, StoreCatalog(store), Settings.load(tmp_path)) as bg, \
+            Client(cfg.socket) as c:
+        with pytest.raises(ChecksumMismatch) as err:
+            c.embed(MINILM, ["hello"])
+        assert graph.name in err.value.message + (err.value.detail or "")
+        assert len(c.embed(E5, ["query: still works"])[0]) == 384
+        models = {m["uri"]: m for m in c.list_models()}
+        assert models[E5]["loaded"] and not models[MINILM]["loaded"]
+        assert bg.server.models.queues.keys() == {E5}

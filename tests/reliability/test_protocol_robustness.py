@@ -1,0 +1,220 @@
+"""Protocol robustness against the real ONNX engine, with other clients served meanwhile.
+
+tests/integration/test_fuzz.py sends hypothesis-generated frames to a fake-engine runtime
+one client at a time, checking it between examples. This adds what a live service meets:
+thousands of junk frames from several clients at once while a witness keeps embedding
+(it must get every vector right, without an error), and a client that floods requests
+without reading a reply (the runtime must push back instead of buffering without bound).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from reliability_support import E5, Runtime, mib, wait_until
+
+from pglocalai import protocol
+from pglocalai.client import Client
+from pglocalai.protocol import Kind
+
+JUNK_CLIENTS = 4
+WARMUP_FRAMES = 4_000
+STORM_FRAMES = 20_000
+RSS_GROWTH = 0.05  # of the runtime's RSS after the warm-up storm
+FLOOD_REQUESTS = 20_000
+FLOOD_BOUND = 100 << 20  # what a client that never reads may cost the runtime
+WITNESS_TEXT = "a witness keeps asking while others misbehave"
+
+
+@pytest.fixture(scope="module")
+def target(store: Path) -> Iterator[Runtime]:
+    rt = Runtime(store=store, extra=["--preload", E5])
+    try:
+        yield rt.start()
+    finally:
+        rt.remove()
+
+
+def frame(kind: int, request_id: int, head: bytes, version: int = protocol.PROTOCOL_VERSION,
+          payload: bytes = b"") -> bytes:
+    body = struct.pack("<BBII", version, kind, request_id, len(head)) + head + payload
+    return struct.pack("<I", len(body)) + body
+
+
+def junk(rng: random.Random) -> bytes:
+    """One piece of junk: random, malformed, truncated, or valid but odd."""
+    def embed(**header: Any) -> bytes:
+        return frame(Kind.EMBED, rng.getrandbits(32), json.dumps(header).encode())
+
+    choice = rng.randrange(10)
+    if choice == 0:
+        return rng.randbytes(rng.randrange(1, 600))
+    if choice == 1:  # a plausible prefix, then garbage
+        return frame(rng.randrange(256), rng.getrandbits(32), rng.randbytes(rng.randrange(64)))
+    if choice == 2:  # a valid request cut anywhere
+        data = embed(model=E5, inputs=["cut " * rng.randrange(1, 30)])
+        return data[: rng.randrange(len(data))]
+    if choice == 3:  # lengths no frame has
+        return struct.pack("<I", rng.choice([0, 3, 0xFFFFFFFF, protocol.MAX_FRAME_BYTES + 1]))
+    if choice == 4:  # another protocol version
+        return frame(Kind.HEALTH, 1, b"{}", version=rng.choice([0, 2, 255]))
+    if choice == 5:  # JSON of the wrong shape
+        head = rng.choice([b"[]", b"{", b"null", b'{"model":5}', b'{"inputs":"x"}',
+                           b'{"model":"%s","inputs":[1,2]}' % E5.encode(),
+                           b'{"model":"%s","inputs":["x"],"timeout_ms":"soon"}' % E5.encode(),
+                           b'{"keys":{"a":1}}', b'{"key":"spin_control","value":"maybe"}'])
+        return frame(rng.choice([Kind.EMBED, Kind.TOKEN_COUNT, Kind.GET_SETTINGS,
+                                 Kind.SET_SETTING, Kind.MODEL_METADATA]), 7, head)
+    if choice == 6:  # a reply kind sent as a request
+        return frame(rng.choice([Kind.RESULT, Kind.EMBEDDINGS, Kind.ERROR]), 9, b"{}")
+    if choice == 7:  # valid but odd requests, pipelined
+        return b"".join([embed(model="nope:v1", inputs=["x"]), embed(model=E5, inputs=[]),
+                         frame(Kind.TOKEN_COUNT, 3, json.dumps(
+                             {"model": E5, "inputs": ["long " * 2000]}).encode())])
+    if choice == 8:  # real work, then the client leaves without reading
+        return embed(model=E5, inputs=[f"abandoned {i}" * rng.randrange(1, 8)
+                                       for i in range(rng.randrange(1, 40))])
+    return frame(Kind.AUTH, 1, json.dumps({"secret": "not needed on unix"}).encode())
+
+
+def storm(sock_path: str, frames: int, seed: int) -> None:
+    """``frames`` pieces of junk over short-lived connections, some reading, most not."""
+    rng = random.Random(seed)
+    sent = 0
+    while sent < frames:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(sock_path)
+            try:
+                for _ in range(rng.randrange(1, 20)):
+                    s.sendall(junk(rng))
+                    sent += 1
+                if rng.random() < 0.3:
+                    s.shutdown(socket.SHUT_WR)
+                    while s.recv(1 << 16):
+                        pass
+            except OSError:
+                pass  # the runtime closes a stream that is out of step
+
+
+class Witness:
+    """A well-behaved client that embeds in a loop and checks every vector."""
+
+    def __init__(self, sock_path: str) -> None:
+        self.client = Client(sock_path)
+        self.expected = np.asarray(self.client.embed(E5, [WITNESS_TEXT])[0])
+        self.calls = 0
+        self.errors: list[str] = []
+        self.slowest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                vec = np.asarray(self.client.embed(E5, [WITNESS_TEXT], timeout_ms=30_000)[0])
+                if float(vec @ self.expected) < 0.999:
+                    self.errors.append(f"wrong vector (cosine {float(vec @ self.expected)})")
+                self.calls += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                self.errors.append(repr(exc))
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Witness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self.client.close()
+
+
+def run_storm(sock_path: str, frames: int, seed: int) -> None:
+    threads = [threading.Thread(target=storm, args=(sock_path, frames // JUNK_CLIENTS, seed + i))
+               for i in range(JUNK_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+        assert not t.is_alive(), "a junk client hangs"
+
+
+def test_junk_from_many_clients_while_a_witness_is_served(target: Runtime,
+                                                          figures: dict[str, Any]) -> None:
+    proc = target.process()
+    with Witness(target.socket) as witness:
+        run_storm(target.socket, WARMUP_FRAMES, seed=1)
+        wait_until(lambda: target.stats()["totals"]["queue_depth"] == 0, 60, "queue drained")
+        base_fds, base_rss = proc.num_fds(), proc.memory_info().rss
+        bad_before = target.stats()["bad_frames"]
+        calls_before = witness.calls
+        started = time.monotonic()
+        run_storm(target.socket, STORM_FRAMES, seed=2)
+        seconds = time.monotonic() - started
+        served = witness.calls - calls_before
+    assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    assert target.pid() == proc.pid  # never crashed
+    assert witness.errors == [], witness.errors[:5]
+    assert served >= 1, "the witness was not served during the storm"
+    stats = target.stats()
+    assert stats["bad_frames"] > bad_before
+    wait_until(lambda: proc.num_fds() <= base_fds, 30, "file descriptors back to the baseline")
+    growth = proc.memory_info().rss - base_rss
+    assert growth < RSS_GROWTH * base_rss, f"rss grew by {mib(growth)} from {mib(base_rss)}"
+    figures["junk_storm"] = {
+        "junk_frames": STORM_FRAMES, "after_warmup_frames": WARMUP_FRAMES,
+        "clients": JUNK_CLIENTS, "seconds": round(seconds, 1),
+        "witness_calls_during_storm": served, "witness_errors": 0,
+        "witness_slowest_call_s": round(witness.slowest, 2),
+        "bad_frames_counted": stats["bad_frames"] - bad_before,
+        "rss_mib_after_warmup": round(base_rss / 2**20, 1),
+        "rss_growth_mib": round(growth / 2**20, 1), "fds_baseline": base_fds,
+        "fds_after": proc.num_fds()}
+
+
+def test_a_client_that_never_reads_is_pushed_back(target: Runtime,
+                                                  figures: dict[str, Any]) -> None:
+    proc = target.process()
+    base_fds, base_rss = proc.num_fds(), proc.memory_info().rss
+    request = frame(Kind.EMBED, 1, json.dumps({"model": E5, "inputs": ["flood"]}).encode())
+    greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    greedy.connect(target.socket)
+    greedy.settimeout(5)
+    sent = 0
+    blocked = False
+    try:
+        try:
+            for _ in range(FLOOD_REQUESTS):
+                greedy.sendall(request)
+                sent += 1
+        except TimeoutError:
+            blocked = True  # the runtime stopped reading: back-pressure
+        peak = proc.memory_info().rss
+        with Witness(target.socket) as witness:
+            wait_until(lambda: witness.calls >= 3 or witness.errors, 60, "witness served")
+        assert witness.errors == []
+    finally:
+        greedy.close()
+    assert blocked, f"all {sent} requests were accepted without reading a reply"
+    assert peak - base_rss < FLOOD_BOUND, f"rss grew by {mib(peak - base_rss)}"
+    # its abandoned work is dropped, its connection released
+    wait_until(lambda: target.stats()["totals"]["queue_depth"] == 0, 60, "queue drained")
+    wait_until(lambda: proc.num_fds() <= base_fds, 30, "file descriptors back to the baseline")
+    assert target.pid() == proc.pid
+    figures["client_that_never_reads"] = {
+        "requests_accepted_before_push_back": sent, "of": FLOOD_REQUESTS,
+        "rss_growth_mib": round((peak - base_rss) / 2**20, 1)}
