@@ -62,6 +62,9 @@ main() {
     [[ -f $RUN_DIR/env ]] || die "$RUN_DIR/env not found" "run: make up"
     # shellcheck disable=SC1091
     source "$RUN_DIR/env"
+    # The set-up above installed everything: a test that finds the server or a model missing
+    # must fail, not skip (a skipped test is not a passing one).
+    export PGLOCALAI_REQUIRE_PG=1
     cd "$REPO_ROOT"
     run_ruff
     run_pytest
