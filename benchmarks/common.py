@@ -86,3 +86,63 @@ def save_texts(path: Path, texts: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(list(texts), ensure_ascii=False), encoding="utf-8")
     return path
+
+
+class CpuMeter:
+    """CPU seconds by process group over a stretch of the run: where the time goes.
+
+    Groups: the runtime process, the PostgreSQL cluster (the postmaster, its live
+    children, and the children it has reaped, so backends that came and went are
+    counted), this benchmark with every child it waited for (pgbench, the peer
+    workers), and ``other``: the machine's busy time minus all of those, i.e.
+    processes that are not part of the benchmark at all.
+    """
+
+    def __init__(self, runtime_pid: int | None = None, postmaster_pid: int | None = None) -> None:
+        self.runtime_pid = runtime_pid
+        self.postmaster_pid = postmaster_pid
+
+    @staticmethod
+    def _machine_busy() -> float:
+        with open("/proc/stat", encoding="ascii") as f:
+            vals = [int(v) for v in f.readline().split()[1:9]]
+        return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _proc(pid: int | None, with_children: bool) -> float:
+        import psutil  # noqa: PLC0415
+
+        if pid is None:
+            return 0.0
+        try:
+            p = psutil.Process(pid)
+            t = p.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            if with_children:
+                for c in p.children(recursive=True):
+                    try:
+                        ct = c.cpu_times()
+                        total += ct.user + ct.system
+                    except psutil.Error:
+                        pass
+            return total
+        except psutil.Error:
+            return 0.0
+
+    def snapshot(self) -> dict[str, float]:
+        import resource  # noqa: PLC0415
+
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"t": time.perf_counter(), "machine": self._machine_busy(),
+                "runtime": self._proc(self.runtime_pid, False),
+                "postgres": self._proc(self.postmaster_pid, True),
+                "bench": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
+
+    @staticmethod
+    def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        """CPU seconds per group between two snapshots, and ``wall_s``."""
+        d = {k: b[k] - a[k] for k in ("runtime", "postgres", "bench", "machine")}
+        d["other"] = max(0.0, d["machine"] - d["runtime"] - d["postgres"] - d["bench"])
+        d["wall_s"] = b["t"] - a["t"]
+        return d

@@ -58,7 +58,7 @@ def ort_app(model_dir: Path, variant: str, texts_file: Path, singles_file: Path 
     out = WORK_DIR / tag
     cmd = [sys.executable, "-m", "benchmarks.worker", "ort", "--texts", str(texts_file),
            "--out", str(out), "--model-dir", str(model_dir), "--variant", variant,
-           "--threads", str(threads), "--batch", str(batch)]
+           "--threads", str(threads), "--batch", str(batch), "--sort"]
     if singles_file:
         cmd += ["--singles", str(singles_file)]
     if copy_table:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import runtime
-from benchmarks.common import MODEL_URI, WORK_DIR, say
+from benchmarks.common import MODEL_URI, WORK_DIR, CpuMeter, say
 from benchmarks.sql import DOCS
 
 SCRIPT = f"""\\set id random(1, :ndocs)
@@ -42,7 +42,8 @@ def pgbench_binary() -> str:
     return found
 
 
-def run_level(clients: int, seconds: int, ndocs: int) -> dict[str, Any]:
+def run_level(clients: int, seconds: int, ndocs: int,
+              meter: CpuMeter | None = None) -> dict[str, Any]:
     """One pgbench run; returns texts/s and latency percentiles from the transaction log."""
     d = WORK_DIR / f"pgbench-c{clients}"
     shutil.rmtree(d, ignore_errors=True)
@@ -54,8 +55,10 @@ def run_level(clients: int, seconds: int, ndocs: int) -> dict[str, Any]:
            "-T", str(seconds), "-D", f"ndocs={ndocs}", "-D", f"model={MODEL_URI}",
            "-f", str(script), "--log", f"--log-prefix={d / 'log'}"]
     before = runtime.stats()
+    snap = meter.snapshot() if meter else None
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
                           env=dict(os.environ))
+    cpu = meter.delta(snap, meter.snapshot()) if meter and snap else None
     after = runtime.stats()
     if proc.returncode != 0:
         raise RuntimeError(f"pgbench -c {clients} failed: {proc.stderr.strip()[-800:]}")
@@ -78,17 +81,20 @@ def run_level(clients: int, seconds: int, ndocs: int) -> dict[str, Any]:
         "mean_ms": float(lat.mean()) if lat.size else None}
     if "totals" in before and "totals" in after:
         res["runtime"] = runtime.delta(before, after)
+    if cpu:
+        res["cpu"] = cpu
     shutil.rmtree(d, ignore_errors=True)
     return res
 
 
-def concurrency(levels: list[int], seconds: int, ndocs: int) -> list[dict[str, Any]]:
+def concurrency(levels: list[int], seconds: int, ndocs: int,
+                meter: CpuMeter | None = None) -> list[dict[str, Any]]:
     """Each level in turn; a failed level is recorded and the others still run."""
     run_level(max(levels), 2, ndocs)  # warm-up: the model loaded, caches and pages hot
     results = []
     for c in levels:
         try:
-            r = run_level(c, seconds, ndocs)
+            r = run_level(c, seconds, ndocs, meter)
         except (RuntimeError, subprocess.SubprocessError) as exc:
             say(f"pgbench {c} sessions failed: {str(exc).splitlines()[0]}")
             results.append({"sessions": c, "error": str(exc).splitlines()[0][:300]})

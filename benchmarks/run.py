@@ -32,6 +32,7 @@ from benchmarks.common import (
     REPO,
     RUN_DIR,
     WORK_DIR,
+    CpuMeter,
     fidelity,
     save_texts,
     say,
@@ -76,11 +77,12 @@ class Bench:
             "throughput": {}, "single": {}, "memory": {}, "fidelity": {}, "skipped": {}}
         self.vectors: dict[str, np.ndarray] = {}
         self.passage_tokens: list[int] | None = None
+        self.meter = CpuMeter()
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
-        # the 1-minute load average around each part: another busy process on this
-        # 2-core machine shows up here and makes that part's numbers lower bounds
-        load0 = os.getloadavg()[0]
+        # CPU by process group around each part: where the time goes, and whether a
+        # process outside the benchmark took CPU from it (then its numbers are lower bounds)
+        snap = self.meter.snapshot()
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - one broken part must not lose the others
@@ -91,7 +93,7 @@ class Bench:
                 traceback.print_exc()
             return None
         finally:
-            self.r.setdefault("load", {})[name] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+            self.r.setdefault("cpu", {})[name] = self.meter.delta(snap, self.meter.snapshot())
 
 
 def main() -> None:
@@ -151,6 +153,7 @@ def main() -> None:
     ready = b.step("cluster", lambda: sql_suite.check_ready())
     if ready:
         b.r["postgresql"] = ready
+        b.meter = CpuMeter(runtime.runtime_pid(), sql_suite.postmaster_pid())
         sql_suite.run_all(b, passages, queries, LEVELS)
 
     if not args.skip_peers:
@@ -199,7 +202,7 @@ def peer_suite(b: Bench, mdir: Path, have_model: bool, f_passages: Path, f_raw: 
     def app() -> None:
         table = "bench_app_docs" if "postgresql" in b.r else None
         vecs, info = peers.ort_app(mdir, report.default_variant(mdir), f_passages, f_single,
-                                   threads, 128, table, "ort-app")
+                                   threads, 64, table, "ort-app")
         b.r["throughput"]["app_ort"] = info
         b.r["single"]["app_ort"] = info["single"]
         b.r["memory"].setdefault("peers", {})["app_ort"] = info["memory"]
@@ -207,7 +210,7 @@ def peer_suite(b: Bench, mdir: Path, have_model: bool, f_passages: Path, f_raw: 
             b.vectors["app_ort"] = vecs[: s["fidelity"]]
 
     def reference() -> None:
-        vecs, info = peers.ort_app(mdir, "fp32", f_ref, f_single, threads, 32, None, "ort-fp32")
+        vecs, info = peers.ort_app(mdir, "fp32", f_ref, f_single, threads, 64, None, "ort-fp32")
         b.r["throughput"]["app_ort_fp32"] = info
         b.r["single"]["app_ort_fp32"] = info["single"]
         b.vectors["reference_fp32"] = vecs

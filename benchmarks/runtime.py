@@ -73,7 +73,7 @@ def single(queries: Sequence[str], warmup: int = 20) -> dict[str, Any]:
             t = time.perf_counter()
             c.embed_raw(MODEL_URI, [q])
             lat.append(time.perf_counter() - t)
-    return {"calls": len(queries), **percentiles(lat)}
+    return {"calls": len(queries), "warmup": min(warmup, len(queries)), **percentiles(lat)}
 
 
 def runtime_pid(sock: str | None = None) -> int | None:

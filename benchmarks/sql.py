@@ -132,7 +132,8 @@ def single_query(queries: Sequence[str], warmup: int = 20) -> dict[str, Any]:
             row = conn.execute(SINGLE_SQL, (MODEL_URI, q), prepare=True, binary=True).fetchone()
             lat.append(time.perf_counter() - t)
             assert row is not None and len(row[0]) == 384
-    return {"calls": len(queries), **percentiles(lat), "prepared": True,
+    return {"calls": len(queries), "warmup": min(warmup, len(queries)), **percentiles(lat),
+            "prepared": True,
             "sql": SINGLE_SQL.replace("%s", "$1", 1).replace("%s", "$2", 1)}
 
 

@@ -22,6 +22,17 @@ def check_ready() -> dict[str, Any]:
     return info
 
 
+def postmaster_pid() -> int | None:
+    """The cluster's postmaster, from postmaster.pid in its data directory."""
+    try:
+        with sql.connect() as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        with open(f"{row[0]}/postmaster.pid", encoding="ascii") as f:  # type: ignore[index]
+            return int(f.readline())
+    except Exception:  # noqa: BLE001 - without it the CPU split just lacks PostgreSQL
+        return None
+
+
 def run_all(b: Any, passages: list[str], queries: list[str], levels: list[int]) -> None:
     s = b.sizes
     n, rows, f = len(passages), min(s["rows"], len(passages)), s["fidelity"]
@@ -60,12 +71,14 @@ def run_all(b: Any, passages: list[str], queries: list[str], levels: list[int]) 
         say(f"single query latency: {len(queries)} prepared SELECT create_embeddings(…)")
         b.r["single"]["sql"] = sql.single_query(queries)
         say(f"SQL single: p50 {b.r['single']['sql']['p50_ms']:.2f} ms")
+
+    def rt_single() -> None:
         b.r["single"]["runtime"] = runtime.single(queries)
         say(f"runtime single: p50 {b.r['single']['runtime']['p50_ms']:.2f} ms")
 
     def conc() -> None:
         say(f"concurrency with pgbench: {levels} sessions, {s['pgbench_s']} s each")
-        b.r["concurrency"] = pgbench.concurrency(levels, s["pgbench_s"], n)
+        b.r["concurrency"] = pgbench.concurrency(levels, s["pgbench_s"], n, b.meter)
 
     def memory() -> None:
         b.r["memory"]["backend"] = sql.backend_memory(passages)
@@ -82,6 +95,7 @@ def run_all(b: Any, passages: list[str], queries: list[str], levels: list[int]) 
     b.step("SQL bulk array", bulk_array)
     b.step("SQL bulk rows", bulk_rows)
     b.step("single query", single)
+    b.step("runtime single", rt_single)
     b.step("concurrency", conc)
     b.step("memory", memory)
 
