@@ -101,6 +101,7 @@ class CpuMeter:
     def __init__(self, runtime_pid: int | None = None, postmaster_pid: int | None = None) -> None:
         self.runtime_pid = runtime_pid
         self.postmaster_pid = postmaster_pid
+        self._baseline = 0
 
     @staticmethod
     def _machine_busy() -> float:
@@ -128,6 +129,33 @@ class CpuMeter:
             return total
         except psutil.Error:
             return 0.0
+
+    def settle(self, timeout: float = 2.0) -> None:
+        """Wait until the postmaster has reaped exited backends (their CPU then counts)."""
+        import psutil  # noqa: PLC0415
+
+        if self.postmaster_pid is None:
+            return
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            try:
+                kids = psutil.Process(self.postmaster_pid).children()
+                if not any(k.status() == psutil.STATUS_ZOMBIE for k in kids) and \
+                        len(kids) <= self._baseline:
+                    return
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def mark(self) -> None:
+        """Remember how many children the postmaster has now (its idle processes)."""
+        import psutil  # noqa: PLC0415
+
+        try:
+            self._baseline = len(psutil.Process(self.postmaster_pid).children()) \
+                if self.postmaster_pid else 0
+        except psutil.Error:
+            self._baseline = 0
 
     def snapshot(self) -> dict[str, float]:
         import resource  # noqa: PLC0415

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,18 @@ def run_level(clients: int, seconds: int, ndocs: int,
            "-T", str(seconds), "-D", f"ndocs={ndocs}", "-D", f"model={MODEL_URI}",
            "-f", str(script), "--log", f"--log-prefix={d / 'log'}"]
     before = runtime.stats()
+    if meter:
+        meter.mark()
     snap = meter.snapshot() if meter else None
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
                           env=dict(os.environ))
-    cpu = meter.delta(snap, meter.snapshot()) if meter and snap else None
+    wall = time.perf_counter() - t0
+    cpu = None
+    if meter and snap:
+        meter.settle()  # pgbench's backends exit as it does: count their CPU too
+        cpu = meter.delta(snap, meter.snapshot())
+        cpu["wall_s"] = wall
     after = runtime.stats()
     if proc.returncode != 0:
         raise RuntimeError(f"pgbench -c {clients} failed: {proc.stderr.strip()[-800:]}")

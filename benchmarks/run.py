@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,7 @@ class Bench:
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         # CPU by process group around each part: where the time goes, and whether a
         # process outside the benchmark took CPU from it (then its numbers are lower bounds)
+        self.meter.mark()
         snap = self.meter.snapshot()
         try:
             return fn()
@@ -93,7 +95,11 @@ class Bench:
                 traceback.print_exc()
             return None
         finally:
-            self.r.setdefault("cpu", {})[name] = self.meter.delta(snap, self.meter.snapshot())
+            t_end = time.perf_counter()
+            self.meter.settle()  # backends closed by this part: count their CPU too
+            d = self.meter.delta(snap, self.meter.snapshot())
+            d["wall_s"] = t_end - snap["t"]
+            self.r.setdefault("cpu", {})[name] = d
 
 
 def main() -> None:
@@ -112,6 +118,7 @@ def main() -> None:
     if args.report_only:
         rerender(args.out)
         return
+    t_start = time.perf_counter()
     b = Bench(args)
     s = b.sizes
     WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -178,6 +185,7 @@ def main() -> None:
         for name, vecs in b.vectors.items():
             if name != "reference_fp32":
                 b.r["fidelity"][name] = fidelity(vecs, ref)
+    b.r["duration_s"] = round(time.perf_counter() - t_start, 1)
     report.finish(b.r, b.passage_tokens, args.out)
     say(f"wrote {args.out / 'results.json'}, README.md and plots")
 

@@ -117,6 +117,9 @@ def run_ort(args: argparse.Namespace, texts: list[str],
             vecs = np.empty((len(texts), part.shape[1]), dtype=np.float32)
         vecs[idx] = part
     embed_s = time.perf_counter() - t0
+    lengths = emb.token_counts(texts)  # after the timing: how much of the work was padding
+    padded = sum(max(lengths[j] for j in order[i : i + args.batch]) * len(order[i : i + args.batch])
+                 for i in range(0, len(texts), args.batch))
     lat = []
     for q in singles:
         t = time.perf_counter()
@@ -126,6 +129,7 @@ def run_ort(args: argparse.Namespace, texts: list[str],
         "engine": "onnxruntime", "version": ort.__version__, "variant": args.variant,
         "threads": args.threads, "batch": args.batch, "sorted_by_length": bool(args.sort),
         "texts": len(texts), "seconds": embed_s, "texts_per_s": len(texts) / embed_s,
+        "padded_tokens_per_token": padded / max(1, sum(lengths)),
         "single": percentiles(lat)}
     if args.copy_table:
         import psycopg  # noqa: PLC0415
