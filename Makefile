@@ -59,5 +59,7 @@ test: up
 lint: venv
 	@$(VENV)/bin/ruff check .
 
+# make bench BENCH_ARGS=--quick : small sizes, written to .run/bench/quick
+BENCH_ARGS ?=
 bench: up
-	@source .run/env && $(VENV)/bin/python -m benchmarks.run
+	@source .run/env && $(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)

