@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -9,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+from runtime_helpers import spawn, stop, wait_healthy
 
 from pglocalai.client import Client
 from pglocalai.errors import ChecksumMismatch
@@ -137,3 +140,26 @@ def test_corrupted_model_is_refused_and_others_keep_working(tmp_path: Path) -> N
         models = {m["uri"]: m for m in c.list_models()}
         assert models[E5]["loaded"] and not models[MINILM]["loaded"]
         assert bg.server.models.queues.keys() == {E5}
+
+
+def test_int8_runtime_process_stays_under_350_mb(tmp_path: Path) -> None:
+    """The memory target of the model issue, on a real ``pglocalai serve`` process."""
+    root = _store_with(E5)
+    sock = tmp_path / "rt" / "s.sock"
+    proc = spawn("serve", "--socket", str(sock), "--state-dir", str(tmp_path),
+                 "--models-dir", str(root), "--variant", "int8", "--log-format", "json")
+    data = Path(__file__).parent.parent / "data" / "multilingual.json"
+    passages = [f"passage: {t['text']}" for t in json.loads(data.read_text())["texts"]]
+    try:
+        wait_healthy(str(sock), proc, timeout=120)
+        with Client(str(sock)) as client:
+            for _ in range(4):
+                client.embed_raw(E5, TEXTS)
+                for i in range(0, len(passages), 64):
+                    client.embed_raw(E5, passages[i : i + 64])
+        rss = psutil.Process(proc.pid).memory_info().rss
+    finally:
+        stop(proc)
+    log = proc.stderr.read().decode() if proc.stderr else ""
+    assert '"tokenizer":"compact"' in log
+    assert rss < 350e6, f"runtime RSS {rss / 1e6:.0f} MB with the int8 model loaded"

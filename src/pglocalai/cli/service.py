@@ -127,7 +127,7 @@ def _catalog(cfg: ServiceConfig) -> Any:
 
     if cfg.engine == "fake":
         return engine.FakeCatalog(delay_ms=cfg.fake_delay_ms)
-    return engine.StoreCatalog(Path(cfg.models_dir) if cfg.models_dir else None)
+    return engine.StoreCatalog(Path(cfg.models_dir) if cfg.models_dir else None, cfg.tokenizer)
 
 
 # -- status and stop -----------------------------------------------------------------

@@ -8,7 +8,8 @@ Layout (``multilingual-e5-small:v1`` lives in ``multilingual-e5-small@v1``)::
         metadata.json                     # uri, dimensions, variants, files -> sha256, ...
         model-fp32.onnx  model-int8.onnx  tokenizer.json
 
-The runtime loads nothing that does not match its checksum (:meth:`ModelStore.read_verified`).
+The runtime loads nothing that does not match its checksum (:meth:`ModelStore.read_verified`,
+:meth:`ModelStore.open_verified`).
 Installs are atomic: files are written into a hidden staging folder inside the root,
 fsynced, then renamed into place under the lock (a replaced model is swapped with one
 ``renameat2(RENAME_EXCHANGE)``), so a reader sees the old model or the new one, never half.
@@ -238,13 +239,26 @@ class ModelStore:
 
     def read_verified(self, uri: str, filename: str) -> bytes:
         """The bytes of one model file, read once and checked against its sha256."""
-        return self._checked(uri, [filename], keep=True)[filename]
+        return self._checked(uri, [filename], keep="bytes")[filename]
+
+    @contextlib.contextmanager
+    def open_verified(self, uri: str, filename: str) -> Iterator[str]:
+        """A path to one model file, valid inside the block, whose bytes were checked.
+
+        For readers that take a path (ONNX Runtime): no copy of a large graph is held
+        in Python. The path names the open file that was hashed (``/proc/self/fd``),
+        not the folder entry, so an install that swaps the folder meanwhile cannot
+        change what the reader gets.
+        """
+        f = self._checked(uri, [filename], keep="open")[filename]
+        with f:
+            yield f"/proc/self/fd/{f.fileno()}"
 
     def verify(self, uri: str) -> ModelInfo:
         """Check every file of a model against its checksum; raise on the first bad one."""
-        return self._checked(uri, None, keep=False)[""]
+        return self._checked(uri, None, keep="")[""]
 
-    def _checked(self, uri: str, names: list[str] | None, *, keep: bool) -> dict[str, Any]:
+    def _checked(self, uri: str, names: list[str] | None, *, keep: str) -> dict[str, Any]:
         # Metadata and files are read through one directory handle, so both come from the
         # same install even while `install --force` swaps the folder; a failure seen
         # across such a swap is retried rather than reported as corruption.
@@ -265,7 +279,7 @@ class ModelStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_at(self, uri: str, folder: Path, dfd: int, names: list[str] | None,
-                  keep: bool) -> dict[str, Any]:
+                  keep: str) -> dict[str, Any]:
         info = self._load(uri, folder, dfd)
         for name in names or []:
             if name not in info.files or not _plain_name(name):
@@ -278,10 +292,17 @@ class ModelStore:
             except FileNotFoundError:
                 raise ChecksumMismatch(f'file {name} of model "{uri}" is missing',
                                        hint=reinstall_hint(uri, info.metadata)) from None
-            with f:
-                out[name] = f.read() if keep else b""
-                actual = (sha256_bytes(out[name]) if keep
-                          else hashlib.file_digest(f, "sha256").hexdigest())
+            if keep == "bytes":
+                with f:
+                    out[name] = f.read()
+                actual = sha256_bytes(out[name])
+            else:
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
+                if keep == "open" and actual == info.files[name]:
+                    f.seek(0)
+                    out[name] = f  # the caller closes it
+                else:
+                    f.close()
             if actual != info.files[name]:
                 raise _mismatch(uri, name, info.files[name], actual, info.metadata)
         return out

@@ -17,10 +17,12 @@ the next batch uses the new one.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,10 +92,10 @@ def session_threads(settings: dict[str, Any], workers: int) -> int:
 class OnnxEngine:
     """A model from the store run by ONNX Runtime (graph optimisation level ALL)."""
 
-    def __init__(self, spec: ModelSpec, variant: str, read_graph: Callable[[], bytes],
-                 tokenizer_json: str, settings: dict[str, Any], workers: int) -> None:
-        from tokenizers import Tokenizer  # noqa: PLC0415 - heavy, only with a real model
-
+    def __init__(self, spec: ModelSpec, variant: str,
+                 open_graph: Callable[[], AbstractContextManager[str]],
+                 tokenizer_json: str, settings: dict[str, Any], workers: int,
+                 tokenizer_mode: str = "compact") -> None:
         self.spec = spec
         self.variant = variant
         vmeta = spec.metadata.get("variants", {}).get(variant, {})
@@ -101,18 +103,12 @@ class OnnxEngine:
         self.output_name = str(vmeta.get("output", "sentence_embedding"))
         self.pooling = str(spec.metadata.get("pooling", "mean"))
         self.normalize = bool(spec.metadata.get("normalize", True))
-        self._read_graph = read_graph
-        tok = Tokenizer.from_str(tokenizer_json)
-        padding = tok.padding or {}
-        self.pad_id = int(padding.get("pad_id", _special_id(tok, ("<pad>", "[PAD]"))))
-        # counts must be the full length and truncation keeps the closing token,
-        # so the tokenizer never pads or truncates: tokenize() cuts itself
-        tok.no_truncation()
-        tok.no_padding()
-        self._tok = tok
-        # special tokens the template appends (</s>): kept when a text is cut
-        probe = list(tok.encode("a").special_tokens_mask)
-        self._suffix = len(probe) - len(_rstrip_ones(probe))
+        self._open_graph = open_graph
+        from pglocalai.service.tokenizer import load_tokenizer  # noqa: PLC0415 - heavy
+
+        self._tok = load_tokenizer(tokenizer_json, tokenizer_mode)
+        self.tokenizer = self._tok.name
+        self.pad_id = self._tok.pad_id
         self._sessions: list[Any] = []
         self.configure(settings, workers)
 
@@ -131,17 +127,17 @@ class OnnxEngine:
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         opts.log_severity_level = 3
-        graph = self._read_graph()
         # one thread per run: concurrent runs share one session (one copy of the
         # weights); several threads per run: a session (thread pool) per worker
         count = 1 if threads == 1 else max(1, workers)
-        try:
-            sessions = [ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-                        for _ in range(count)]
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types
-            raise ModelFormatError(f"onnx runtime could not load model \"{self.spec.uri}\" "
-                                   f"variant {self.variant}", detail=str(exc)) from None
-        del graph
+        # from a path, not bytes: InferenceSession keeps bytes it was given for life
+        with self._open_graph() as path:
+            try:
+                sessions = [ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+                            for _ in range(count)]
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+                raise ModelFormatError(f"onnx runtime could not load model \"{self.spec.uri}\" "
+                                       f"variant {self.variant}", detail=str(exc)) from None
         names = {i.name for i in sessions[0].get_inputs()}
         missing = [n for n in ("input_ids", "attention_mask") if n not in names]
         if missing:
@@ -150,22 +146,16 @@ class OnnxEngine:
         self._sessions = sessions  # one assignment: runs in flight keep the old list
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
-        limit, keep = self.spec.max_tokens, self._suffix
+        limit, keep = self.spec.max_tokens, self._tok.suffix
         out = []
-        for enc in self._encode(texts):
-            ids = enc.ids
+        for ids in self._tok.encode_batch(texts):
             if len(ids) > limit:
                 ids = ids[: limit - keep] + ids[len(ids) - keep:] if keep else ids[:limit]
             out.append(np.array(ids, dtype=np.int64))
         return out
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(enc.ids) for enc in self._encode(texts)]
-
-    def _encode(self, texts: Sequence[str]) -> list[Any]:
-        if len(texts) == 1:
-            return [self._tok.encode(texts[0])]
-        return self._tok.encode_batch(list(texts))
+        return [len(ids) for ids in self._tok.encode_batch(texts)]
 
     def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
         sessions = self._sessions
@@ -180,28 +170,14 @@ class OnnxEngine:
         return np.asarray(out, dtype=np.float32)
 
 
-def _rstrip_ones(mask: list[int]) -> list[int]:
-    end = len(mask)
-    while end and mask[end - 1] == 1:
-        end -= 1
-    return mask[:end]
-
-
-def _special_id(tok: Any, names: tuple[str, ...]) -> int:
-    for name in names:
-        found = tok.token_to_id(name)
-        if found is not None:
-            return int(found)
-    return 0
-
-
 class StoreCatalog:
     """The models installed in a model store."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, tokenizer_mode: str = "compact") -> None:
         from pglocalai.models.store import ModelStore, default_models_dir  # noqa: PLC0415
 
         self.store = ModelStore(Path(root) if root else default_models_dir())
+        self.tokenizer_mode = tokenizer_mode
 
     def specs(self) -> list[ModelSpec]:
         return [_spec_of(info) for info in self.store.list()]
@@ -218,8 +194,17 @@ class StoreCatalog:
             raise ModelFormatError(f"model \"{uri}\" has no file for variant {chosen}")
         tok_name = str(spec.metadata.get("tokenizer", "tokenizer.json"))
         tokenizer_json = self.store.read_verified(uri, tok_name).decode("utf-8")
-        return OnnxEngine(spec, chosen, lambda: self.store.read_verified(uri, vmeta["file"]),
-                          tokenizer_json, settings, workers)
+        engine = OnnxEngine(spec, chosen, lambda: self.store.open_verified(uri, vmeta["file"]),
+                            tokenizer_json, settings, workers, self.tokenizer_mode)
+        del tokenizer_json
+        release_free_memory()
+        return engine
+
+
+def release_free_memory() -> None:
+    """Hand the heap that loading freed (JSON, protobuf) back to the system (glibc only)."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _spec_of(info: Any) -> ModelSpec:

@@ -95,6 +95,7 @@ class ModelManager:
                                batch_wait_ms=cfg.batch_wait_ms, max_queue=cfg.max_queue)
             self.queues[uri] = queue
             log.info("model_loaded", model=uri, variant=engine.variant,
+                     tokenizer=getattr(engine, "tokenizer", None),
                      seconds=round(time.perf_counter() - started, 3), rss_bytes=rss_bytes())
             return queue
 
