@@ -131,3 +131,18 @@ def test_unsupported_post_processor_falls_back() -> None:
     assert compact_unsupported(spec) is None
     assert CompactUnigram(spec).encode("ab") == Tokenizer.from_str(json.dumps(spec)).encode(
         "ab").ids
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 17])
+def test_a_limit_keeps_the_first_ids_exact(limit: int) -> None:
+    text = unigram_json()
+    compact = CompactUnigram(json.loads(text))
+    reference = Tokenizer.from_str(text)
+    for sample in random_texts(500, seed=limit) + ["ab " * 40, "<s>" * 30, "日本" * 50]:
+        full = reference.encode(sample).ids
+        short = compact.encode(sample, limit)
+        assert short[-1] == 2  # the closing special is still there
+        if len(full) <= limit + 1:
+            assert short == full
+        else:
+            assert len(short) >= limit + 1 and short[:limit] == full[:limit], sample

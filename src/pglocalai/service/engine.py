@@ -148,7 +148,7 @@ class OnnxEngine:
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         limit, keep = self.spec.max_tokens, self._tok.suffix
         out = []
-        for ids in self._tok.encode_batch(texts):
+        for ids in self._tok.encode_batch(texts, limit):
             if len(ids) > limit:
                 ids = ids[: limit - keep] + ids[len(ids) - keep:] if keep else ids[:limit]
             out.append(np.array(ids, dtype=np.int64))

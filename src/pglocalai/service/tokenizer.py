@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from array import array
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -46,8 +47,13 @@ class TextTokenizer(Protocol):
     pad_id: int
     suffix: int  # special tokens after the text, kept when a text is cut
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Full ids per text, special tokens included, never truncated or padded."""
+    def encode_batch(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
+        """Ids per text, special tokens included, never padded.
+
+        With ``limit``, a text may stop early once it has at least ``limit`` ids (the
+        closing specials still follow): its first ``limit`` ids are those of the full
+        encoding. The caller cuts; without ``limit`` every id is there.
+        """
         ...
 
 
@@ -118,7 +124,7 @@ class HfTokenizer:
         probe = list(tok.encode("a").special_tokens_mask)
         self.suffix = len(probe) - len(_rstrip_ones(probe))
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
         if len(texts) == 1:
             return [self._tok.encode(texts[0]).ids]
         return [enc.ids for enc in self._tok.encode_batch(list(texts))]
@@ -159,29 +165,39 @@ class CompactUnigram:
         padding = spec.get("padding") or {}
         self.pad_id = int(padding.get("pad_id", ids.get("<pad>", ids.get("[PAD]", 0))))
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(text) for text in texts]
+    def encode_batch(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
+        return [self.encode(text, limit) for text in texts]
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """Ids of one text; with ``limit``, words after the ``limit``-th id are skipped.
+
+        Words and added tokens are segmented independently, so skipping what follows
+        leaves every earlier id as it is: a 1 MiB text to embed costs its first words.
+        """
+        stop = sys.maxsize if limit is None else limit
         out = list(self._prefix)
         start = 0
         if self._split is not None:
             pattern, group_ids = self._split
             for match in pattern.finditer(text):
-                self._encode_part(text[start:match.start()], out)
+                if len(out) >= stop:
+                    break
+                self._encode_part(text[start:match.start()], out, stop)
                 out.append(group_ids[match.lastgroup or ""])
                 start = match.end()
-        self._encode_part(text[start:], out)
+        self._encode_part(text[start:], out, stop)
         out.extend(self._suffix_ids)
         return out
 
-    def _encode_part(self, part: str, out: list[int]) -> None:
-        if not part:
+    def _encode_part(self, part: str, out: list[int], stop: int) -> None:
+        if not part or len(out) >= stop:
             return
         if self._normalize is not None:
             part = self._normalize(part)
         words = [w for w, _ in self._pre_tokenize(part)] if self._pre_tokenize else [part]
         for word in words:
+            if len(out) >= stop:
+                return
             ids = self._cache.get(word)
             if ids is None:
                 ids = self._segment(word)
