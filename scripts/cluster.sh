@@ -203,9 +203,25 @@ s.connect(sys.argv[1])' "$RUNTIME_SOCKET" 2>/dev/null ||
             "the runtime must make its socket connectable by postgres (the folder keeps others out)"
 }
 
+# The supervisor pid of the runtime answering on the socket (empty when it has none).
+answering_supervisor() {
+    "$PGLOCALAI" status --socket "$RUNTIME_SOCKET" --json 2>/dev/null |
+        "$REPO_ROOT/.venv/bin/python" -c 'import json, sys
+print(json.load(sys.stdin)["health"].get("supervisor_pid") or "")'
+}
+
 runtime_up() {
     prepare_runtime_dir
     if runtime_answers; then
+        # One runtime per host: one started from another checkout (other code, other model
+        # store) must not silently serve this one's cluster and tests.
+        local ours theirs
+        ours="$(runtime_pid || true)"
+        theirs="$(answering_supervisor || true)"
+        if [[ -z $ours || $ours != "$theirs" ]]; then
+            die "a runtime not started by this checkout answers on $RUNTIME_SOCKET" \
+                "stop it (make down in its checkout, or: pglocalai stop --socket $RUNTIME_SOCKET), or give this checkout its own: PGLOCALAI_SOCKET=/run/pglocalai-2/pglocalai.sock make up"
+        fi
         log "runtime already answering on $RUNTIME_SOCKET"
     else
         [[ -x $PGLOCALAI ]] || die "$PGLOCALAI not found" "run: make venv"
