@@ -122,6 +122,15 @@ def test_other_tokenizers_use_tokenizers_itself() -> None:
     assert load_tokenizer(unigram_json(), "huggingface").name == "huggingface"
 
 
+def test_prepend_scheme_first_falls_back() -> None:
+    spec = json.loads(unigram_json())
+    spec["pre_tokenizer"]["prepend_scheme"] = "first"
+    assert "first" in (compact_unsupported(spec) or "")
+    tok = load_tokenizer(json.dumps(spec), "compact")
+    assert tok.name == "huggingface"
+    assert tok.encode_batch(["a<s>b"]) == [Tokenizer.from_str(json.dumps(spec)).encode("a<s>b").ids]
+
+
 def test_unsupported_post_processor_falls_back() -> None:
     spec = json.loads(unigram_json())
     spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,

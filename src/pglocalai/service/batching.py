@@ -10,8 +10,8 @@ the backend. For one model::
 
 * Admission is bounded: more than ``max_queue`` texts waiting or being
   tokenised fails fast with ``Overloaded``.
-* Tokenisation runs in its own thread (HF tokenizers releases the GIL), so it
-  overlaps inference; the event loop only moves references around.
+* Tokenisation runs in its own thread, so it overlaps inference (ONNX Runtime
+  releases the GIL); the event loop only moves references around.
 * A worker that is idle takes what is pending at once: a lone request runs
   immediately. It waits (at most ``batch_wait_ms``) only while other requests
   are being tokenised, so simultaneous arrivals share a batch. While a worker

@@ -105,6 +105,10 @@ def compact_unsupported(spec: dict[str, Any]) -> str | None:
             return f"added token {token.get('content')!r} with single_word or normalized"
     if _template(spec) is None:
         return "post-processor other than a TemplateProcessing <special> $A <special> form"
+    if '"first"' in json.dumps(spec.get("pre_tokenizer")):
+        # prepend_scheme "first" looks at where a part sits in the whole text; the
+        # compact path pre-tokenizes the parts between added tokens one by one
+        return "a pre-tokenizer with prepend_scheme first"
     return None
 
 
