@@ -143,10 +143,17 @@ def test_corrupted_model_is_refused_and_others_keep_working(tmp_path: Path) -> N
 
 
 def test_int8_runtime_process_stays_under_350_mb(tmp_path: Path) -> None:
-    """The memory target of the model issue, on a real ``pglocalai serve`` process."""
+    """The memory target of the model issue, on a real ``pglocalai serve`` process.
+
+    Two workers with one thread each share one ONNX Runtime session (the default on
+    two CPUs); pinned so that a machine with more CPUs, where each worker gets its own
+    session and thus its own copy of the weights, measures the same configuration.
+    """
     root = _store_with(E5)
     sock = tmp_path / "rt" / "s.sock"
-    proc = spawn("serve", "--socket", str(sock), "--state-dir", str(tmp_path),
+    (tmp_path / "settings.json").write_text(json.dumps(
+        {"intra_op_parallelism": 2, "inter_op_parallelism": 1, "spin_control": True}))
+    proc = spawn("serve", "--socket", str(sock), "--state-dir", str(tmp_path), "--workers", "2",
                  "--models-dir", str(root), "--variant", "int8", "--log-format", "json")
     data = Path(__file__).parent.parent / "data" / "multilingual.json"
     passages = [f"passage: {t['text']}" for t in json.loads(data.read_text())["texts"]]
