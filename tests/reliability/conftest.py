@@ -62,21 +62,15 @@ def store() -> Path:
 @pytest.fixture(scope="session")
 def runtime(store: Path) -> Iterator[Runtime]:
     """A runtime of our own with the real ONNX engine, for tests that do not kill it."""
-    rt = Runtime(store=store, extra=["--preload", E5])
-    try:
-        yield rt.start()
-    finally:
-        rt.remove()
+    with Runtime(store=store, extra=["--preload", E5]) as rt:
+        yield rt
 
 
 @pytest.fixture(scope="session")
 def fake_runtime() -> Iterator[Runtime]:
     """The fake engine: the plumbing without the cost of a model (100,000-text calls)."""
-    rt = Runtime(engine="fake", extra=["--preload", "all"])
-    try:
-        yield rt.start()
-    finally:
-        rt.remove()
+    with Runtime(engine="fake", extra=["--preload", "all"]) as rt:
+        yield rt
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,8 @@ def required() -> bool:
 
 
 class Runtime:
-    """A ``pglocalai serve`` process on its own socket; always clean up with :meth:`remove`.
+    """A ``pglocalai serve`` process on its own socket; clean up with :meth:`remove`, or use
+    it as a context manager (``with Runtime(...) as rt``: started, then removed).
 
     ``wrapper`` prefixes the command (``["unshare", "-n", "--"]`` runs it without a network).
     """
@@ -184,6 +185,17 @@ class Runtime:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Runtime:
+        """Started; stopped and removed however the block ends, or if it never starts."""
+        try:
+            return self.start()
+        except BaseException:
+            self.remove()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------

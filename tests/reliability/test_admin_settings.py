@@ -28,11 +28,8 @@ ROUNDS = 2
 
 @pytest.fixture(scope="module")
 def admin_runtime(store: Path) -> Iterator[Runtime]:
-    rt = Runtime(store=store, supervise=True, extra=["--preload", E5])
-    try:
-        yield rt.start()
-    finally:
-        rt.remove()
+    with Runtime(store=store, supervise=True, extra=["--preload", E5]) as rt:
+        yield rt
 
 
 def on_disk(rt: Runtime) -> dict[str, Any]:

@@ -49,11 +49,8 @@ BULK_UPDATES = {
 @pytest.fixture(scope="module")
 def supervised(store: Path) -> Iterator[Runtime]:
     """A supervised runtime of our own (the real engine): what `make up` and systemd run."""
-    rt = Runtime(store=store, supervise=True, extra=["--preload", E5])
-    try:
-        yield rt.start()
-    finally:
-        rt.remove()
+    with Runtime(store=store, supervise=True, extra=["--preload", E5]) as rt:
+        yield rt
 
 
 def table_state(conn: psycopg.Connection[Any], table: str) -> tuple[int, str]:

@@ -39,11 +39,8 @@ WITNESS_TEXT = "a witness keeps asking while others misbehave"
 
 @pytest.fixture(scope="module")
 def target(store: Path) -> Iterator[Runtime]:
-    rt = Runtime(store=store, extra=["--preload", E5])
-    try:
-        yield rt.start()
-    finally:
-        rt.remove()
+    with Runtime(store=store, extra=["--preload", E5]) as rt:
+        yield rt
 
 
 def frame(kind: int, request_id: int, head: bytes, version: int = protocol.PROTOCOL_VERSION,
