@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runtime_helpers import fake_server, raw_connect, raw_frame, read_frame, wait_until
+from runtime_helpers import (
+    fake_server,
+    raw_connect,
+    raw_frame,
+    read_frame,
+    run_threads,
+    wait_until,
+)
 
 from pglocalai.client import Client
 from pglocalai.errors import (
@@ -69,25 +76,16 @@ def test_embed_order_empty_text_and_token_counts(tmp_path: Path) -> None:
 
 
 def test_many_concurrent_clients_get_exactly_their_own_vectors(tmp_path: Path) -> None:
-    errors: list[BaseException] = []
-
     def client(n: int) -> None:
-        try:
-            with Client(bg.config.socket) as c:
-                for i in range(15):
-                    texts = [f"client {n} request {i} text {j} " * (1 + (n * j + i) % 4)
-                             for j in range(1 + (n + i) % 6)]
-                    dim, raw = c.embed_raw(E5, texts)
-                    np.testing.assert_allclose(as_array(dim, raw), reference(texts), atol=1e-5)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with Client(bg.config.socket) as c:
+            for i in range(15):
+                texts = [f"client {n} request {i} text {j} " * (1 + (n * j + i) % 4)
+                         for j in range(1 + (n + i) % 6)]
+                dim, raw = c.embed_raw(E5, texts)
+                np.testing.assert_allclose(as_array(dim, raw), reference(texts), atol=1e-5)
 
     with fake_server(tmp_path, FakeCatalog(delay_ms=2)) as bg:
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(client, 16)
         with Client(bg.config.socket) as c:
             totals = c.stats()["totals"]
     assert not errors, errors[0]
@@ -151,22 +149,13 @@ def test_settings_validation_persistence_and_concurrent_changes(tmp_path: Path) 
         with pytest.raises(InvalidArgument, match="spin_control"):
             c.set_setting("spin_control", "sometimes")
         assert c.set_setting("spin_control", "false")["spin_control"] is False
-        errors: list[BaseException] = []
-
         def changer(n: int) -> None:
-            try:
-                with Client(bg.config.socket) as cc:
-                    for i in range(10):
-                        cc.set_setting("intra_op_parallelism", str(1 + (n + i) % 4))
-                        cc.embed(E5, [f"between {n} {i}"])
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+            with Client(bg.config.socket) as cc:
+                for i in range(10):
+                    cc.set_setting("intra_op_parallelism", str(1 + (n + i) % 4))
+                    cc.embed(E5, [f"between {n} {i}"])
 
-        threads = [threading.Thread(target=changer, args=(n,)) for n in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(changer, 6)
         assert not errors, errors[0]
         final = c.get_settings()
         engine = bg.server.models.queues[E5].engine
@@ -180,12 +169,8 @@ def test_settings_validation_persistence_and_concurrent_changes(tmp_path: Path) 
 def test_lazy_load_happens_once_for_concurrent_first_requests(tmp_path: Path) -> None:
     catalog = FakeCatalog(load_delay_ms=300)
     with fake_server(tmp_path, catalog) as bg:
-        threads = [threading.Thread(target=lambda: Client(bg.config.socket).embed(E5, ["x"]))
-                   for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(lambda _n: Client(bg.config.socket).embed(E5, ["x"]), 8)
+        assert not errors, errors[0]
         assert catalog.loads == {E5: 1}
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from runtime_helpers import spawn, stop, wait_healthy
+from runtime_helpers import run_threads, spawn, stop, wait_healthy
 
 from pglocalai.client import Client
 from pglocalai.errors import ChecksumMismatch
@@ -82,23 +81,15 @@ def test_token_counts_are_full_counts(runtime: BackgroundServer) -> None:
 
 
 def test_concurrent_clients_get_their_own_vectors(runtime: BackgroundServer) -> None:
-    errors: list[BaseException] = []
     requests = {n: [[TEXTS[(n * 3 + i + j) % len(TEXTS)] + f" #{n}.{i}.{j}"
                      for j in range(1 + (n + i) % 4)] for i in range(6)] for n in range(8)}
     got: dict[int, list[np.ndarray]] = {}
 
     def client(n: int) -> None:
-        try:
-            with Client(runtime.config.socket) as c:
-                got[n] = [vectors(*c.embed_raw(E5, texts)) for texts in requests[n]]
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        with Client(runtime.config.socket) as c:
+            got[n] = [vectors(*c.embed_raw(E5, texts)) for texts in requests[n]]
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(client, 8)
     assert not errors, errors[0]
     for n, texts_list in requests.items():
         for texts, out in zip(texts_list, got[n], strict=True):
