@@ -150,11 +150,32 @@ def run_storm(sock_path: str, frames: int, seed: int) -> None:
         assert not t.is_alive(), "a junk client hangs"
 
 
+def fill_batches(sock_path: str) -> None:
+    """Both workers at once on full batches: ONNX Runtime's arena grows to its working size.
+
+    The arena grows in steps (doubling) and keeps what it took; a step taken during the
+    storm would look like a leak of many MiB although the next storms need nothing more.
+    """
+    texts = [f"passage {i}: " + "abandoned words fill the batch " * 4 for i in range(64)]
+
+    def client(_n: int) -> None:
+        with Client(sock_path) as c:
+            for _ in range(3):
+                c.embed_raw(E5, texts)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_junk_from_many_clients_while_a_witness_is_served(target: Runtime,
                                                           figures: dict[str, Any]) -> None:
     proc = target.process()
     with Witness(target.socket) as witness:
         run_storm(target.socket, WARMUP_FRAMES, seed=1)
+        fill_batches(target.socket)
         wait_until(lambda: target.stats()["totals"]["queue_depth"] == 0, 60, "queue drained")
         base_fds, base_rss = proc.num_fds(), proc.memory_info().rss
         bad_before = target.stats()["bad_frames"]
