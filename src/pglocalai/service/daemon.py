@@ -1,5 +1,5 @@
-"""Process plumbing: socket ownership and stale-socket cleanup, pidfile, daemon
-mode and the supervisor that restarts a runtime that died.
+"""Process plumbing: pidfile, daemon mode and the supervisor that restarts a runtime
+that died (the socket's folder, lock and file are in :mod:`pglocalai.service.socket_path`).
 
 None of this touches ONNX Runtime: the supervisor forks before any model or
 thread exists, so every child starts from a clean process.
@@ -9,118 +9,43 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import signal
-import socket
-import stat
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pglocalai.errors import InvalidArgument
 from pglocalai.service.logs import get_logger
+from pglocalai.service.socket_path import (  # noqa: F401 - the runtime's entry points
+    AlreadyRunning,
+    lookup_owner,
+    prepare_socket_path,
+    release_socket,
+    secure_socket,
+)
 
 log = get_logger()
 
 EXIT_CONFIG = 2  # the supervisor does not restart a runtime that exits with this code
 READY_TIMEOUT_S = 300.0
-
-
-class AlreadyRunning(InvalidArgument):
-    """Another runtime answers on the socket (or holds its lock)."""
-
-
-def lookup_owner(user: str) -> tuple[int, int]:
-    import pwd  # noqa: PLC0415 - Unix only
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise InvalidArgument(f"user \"{user}\" does not exist",
-                              hint="--socket-owner takes the name of an existing user, "
-                                   "e.g. postgres") from None
-    return entry.pw_uid, entry.pw_gid
-
-
-def prepare_socket_path(path: str, owner: str | None) -> int:
-    """Create the socket's directory (0700, owned by ``owner``), take the socket's
-    lock and remove a stale socket file; returns the lock's file descriptor.
-
-    Refuses to start when another runtime holds the lock or answers on the socket.
-    """
-    sock_path = Path(path)
-    directory = sock_path.parent
-    ids = lookup_owner(owner) if owner else None
-    if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True)
-    info = directory.stat()
-    shared = bool(info.st_mode & stat.S_ISVTX) and bool(info.st_mode & stat.S_IWOTH)
-    if shared:
-        log.warning("socket_directory_shared", directory=str(directory),
-                    hint="give the runtime a directory of its own, e.g. /run/pglocalai")
-    else:
-        # the directory is the first gate: only its owner may reach the socket
-        os.chmod(directory, 0o700)
-        if ids is not None:
-            os.chown(directory, *ids)
-    lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(lock_fd)
-        raise AlreadyRunning(f"another runtime is running on \"{path}\"",
-                             hint="stop it first (pglocalai stop) or use another --socket") \
-            from None
-    if sock_path.exists() or sock_path.is_symlink():
-        if not stat.S_ISSOCK(sock_path.lstat().st_mode):
-            os.close(lock_fd)
-            raise InvalidArgument(f"\"{path}\" exists and is not a socket",
-                                  hint="remove it or choose another --socket")
-        if _answers(path):
-            os.close(lock_fd)
-            raise AlreadyRunning(f"another runtime answers on \"{path}\"",
-                                 hint="stop it first (pglocalai stop) or use another --socket")
-        log.info("stale_socket_removed", socket=path)
-        sock_path.unlink()
-    return lock_fd
-
-
-def secure_socket(path: str, owner: str | None) -> None:
-    """0600: only the owner (and root) may connect."""
-    os.chmod(path, 0o600)
-    if owner:
-        os.chown(path, *lookup_owner(owner))
-
-
-def _answers(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def release_socket(path: str, lock_fd: int | None) -> None:
-    for name in (path, f"{path}.lock"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-    if lock_fd is not None:
-        os.close(lock_fd)
+# A runtime that fails this many starts in a row (it never became ready) is not started again:
+# a broken model store or configuration would otherwise be retried forever.
+MAX_START_FAILURES = 5
 
 
 # -- pidfile -----------------------------------------------------------------
 
 
 def write_pidfile(path: str) -> None:
+    """Written to a fresh file (O_EXCL, O_NOFOLLOW) and renamed over ``path``: a link
+    planted at either name is replaced, never followed."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
         fh.write(f"{os.getpid()}\n")
     os.replace(tmp, path)
 
@@ -208,12 +133,16 @@ def notify_ready(fd: int | None, message: str = "ok") -> None:
 
 
 def supervise(run_child: Callable[[int | None], int], ready_fd: int | None,
-              min_backoff: float = 0.5, max_backoff: float = 30.0) -> int:
+              min_backoff: float = 0.5, max_backoff: float = 30.0,
+              max_start_failures: int = MAX_START_FAILURES) -> int:
     """Run ``run_child`` in a forked child and restart it when it dies, with backoff.
 
-    SIGTERM/SIGINT are forwarded to the child and end the loop. A child that
-    exits with EXIT_CONFIG (bad configuration, another runtime running) is not
-    restarted. The backoff resets once a child has run for a minute.
+    SIGTERM/SIGINT are forwarded to the child and end the loop. Each child gets a
+    readiness pipe of its own (the ``ready_fd`` it is passed); the first child's report is
+    handed on to ``ready_fd``. A child that exits with EXIT_CONFIG (bad configuration,
+    another runtime running) is not restarted, and neither is one that failed
+    ``max_start_failures`` starts in a row (it exited before it reported ready): the
+    supervisor then exits 1. The backoff resets once a child has run for a minute.
     """
     state = {"stop": False, "child": 0}
 
@@ -226,37 +155,63 @@ def supervise(run_child: Callable[[int | None], int], ready_fd: int | None,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     backoff = min_backoff
+    start_failures = 0
     while not state["stop"]:
         started = time.monotonic()
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = run_child(ready_fd)
+                os.close(read_fd)
+                if ready_fd is not None:
+                    os.close(ready_fd)  # only the supervisor reports to the waiting parent
+                code = run_child(write_fd)
             finally:
                 os._exit(code)
+        os.close(write_fd)
         state["child"] = pid
-        if ready_fd is not None:
-            os.close(ready_fd)  # only the first child reports readiness
-            ready_fd = None
         log.info("supervisor_started_child", pid=pid)
+        report = _read_report(read_fd)
+        if ready_fd is not None:
+            notify_ready(ready_fd, report or "error: the runtime exited before it was ready")
+            ready_fd = None
         status = _wait(pid)
         state["child"] = 0
         code = os.waitstatus_to_exitcode(status)
         if state["stop"]:
             break
         if code == EXIT_CONFIG:
-            log.error("supervisor_giving_up", pid=pid, exit_code=code)
+            log.error("supervisor_giving_up", pid=pid, exit_code=code,
+                      reason="configuration error")
             return code
+        start_failures = 0 if report == "ok" else start_failures + 1
+        if start_failures >= max_start_failures:
+            log.error("supervisor_giving_up", pid=pid, exit_code=code,
+                      reason=f"{start_failures} starts in a row failed", last_error=report)
+            return 1
         if time.monotonic() - started > 60:
             backoff = min_backoff
-        log.warning("supervisor_restarting", pid=pid, exit_code=code, backoff_s=backoff)
+        log.warning("supervisor_restarting", pid=pid, exit_code=code, backoff_s=backoff,
+                    start_failures=start_failures)
         _sleep_unless_stopped(backoff, state)
         backoff = min(backoff * 2, max_backoff)
     log.info("supervisor_stopped")
     return 0
+
+
+def _read_report(fd: int) -> str:
+    """The child's readiness line ("ok" or an error), or "" if it exited without one."""
+    data = b""
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while not data.endswith(b"\n") and len(data) < 65536:
+            chunk = pipe.read(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode("utf-8", "replace").strip()
 
 
 def _wait(pid: int) -> int:
