@@ -40,7 +40,10 @@ class Client:
     ``secret`` is required). ``check_interrupt`` is called every
     ``poll_interval`` seconds while a reply is awaited; if it raises, the
     connection is dropped (its reply would arrive out of turn) and the
-    exception propagates.
+    exception propagates. ``open_unix(path, timeout)`` replaces the plain
+    connect to a Unix socket: a PostgreSQL backend passes
+    :func:`pglocalai.pg.trust.connect_trusted`, which checks who could have
+    swapped the socket and who listens on it, on every connect.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class Client:
         connect_timeout: float = 2.0,
         poll_interval: float = 0.05,
         check_interrupt: Callable[[], object] | None = None,
+        open_unix: Callable[[str, float], socket.socket] | None = None,
     ) -> None:
         self.address = address
+        self.open_unix = open_unix
         self.secret = secret
         self.connect_timeout = connect_timeout
         self.poll_interval = poll_interval
@@ -136,28 +141,32 @@ class Client:
             self.close()
             raise
 
-    def token_count(self, model: str, texts: Sequence[str]) -> list[int]:
-        return list(self.request(Kind.TOKEN_COUNT, {"model": model,
-                                                     "inputs": list(texts)}).header["counts"])
+    def token_count(self, model: str, texts: Sequence[str],
+                    timeout_ms: int | None = None) -> list[int]:
+        return list(self.request(Kind.TOKEN_COUNT, {"model": model, "inputs": list(texts)},
+                                 timeout_ms).header["counts"])
 
-    def get_settings(self, keys: Sequence[str] = ()) -> dict[str, Any]:
-        return dict(self.request(Kind.GET_SETTINGS, {"keys": list(keys)}).header["settings"])
-
-    def set_setting(self, key: str, value: str) -> dict[str, Any]:
-        return dict(self.request(Kind.SET_SETTING, {"key": key, "value": value})
+    def get_settings(self, keys: Sequence[str] = (),
+                     timeout_ms: int | None = None) -> dict[str, Any]:
+        return dict(self.request(Kind.GET_SETTINGS, {"keys": list(keys)}, timeout_ms)
                     .header["settings"])
 
-    def list_models(self) -> list[dict[str, Any]]:
-        return list(self.request(Kind.LIST_MODELS, {}).header["models"])
+    def set_setting(self, key: str, value: str, timeout_ms: int | None = None) -> dict[str, Any]:
+        return dict(self.request(Kind.SET_SETTING, {"key": key, "value": value}, timeout_ms)
+                    .header["settings"])
 
-    def model_metadata(self, model: str) -> dict[str, Any]:
-        return dict(self.request(Kind.MODEL_METADATA, {"model": model}).header["metadata"])
+    def list_models(self, timeout_ms: int | None = None) -> list[dict[str, Any]]:
+        return list(self.request(Kind.LIST_MODELS, {}, timeout_ms).header["models"])
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self.request(Kind.STATS, {}).header)
+    def model_metadata(self, model: str, timeout_ms: int | None = None) -> dict[str, Any]:
+        return dict(self.request(Kind.MODEL_METADATA, {"model": model}, timeout_ms)
+                    .header["metadata"])
 
-    def health(self) -> dict[str, Any]:
-        return dict(self.request(Kind.HEALTH, {}, timeout_ms=5000).header)
+    def stats(self, timeout_ms: int | None = None) -> dict[str, Any]:
+        return dict(self.request(Kind.STATS, {}, timeout_ms).header)
+
+    def health(self, timeout_ms: int | None = 5000) -> dict[str, Any]:
+        return dict(self.request(Kind.HEALTH, {}, timeout_ms).header)
 
     # -- transport --------------------------------------------------------
 
@@ -170,6 +179,8 @@ class Client:
         idempotent, so this is safe.
         """
         request_id = self._new_id()
+        if timeout_ms is not None and "timeout_ms" not in header:
+            header = {**header, "timeout_ms": timeout_ms}  # the runtime enforces it
         data = protocol.encode(Frame(kind, request_id, header))
         reused = self._sock is not None
         try:
@@ -259,6 +270,8 @@ class Client:
             if self.address.startswith("tcp://"):
                 host, _, port = self.address[6:].rpartition(":")
                 sock = socket.create_connection((host, int(port)), self.connect_timeout)
+            elif self.open_unix is not None:
+                sock = self.open_unix(self.address, self.connect_timeout)
             else:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.settimeout(self.connect_timeout)

@@ -8,7 +8,8 @@ Standard library only: PL/Python imports this module inside the server.
     ├── ClientError                     (the caller's side of the socket)
     │   ├── RuntimeUnavailable          runtime_unavailable   08001
     │   ├── ProtocolMismatch            protocol_mismatch     08P01
-    │   └── InvalidArgument             invalid_argument      22023
+    │   ├── InvalidArgument             invalid_argument      22023
+    │   └── InsufficientPrivilege       insufficient_privilege 42501
     ├── ServiceError                    (raised inside the runtime)
     │   ├── BadRequest                  bad_request           08P01
     │   ├── RequestTimeout              timeout               57014
@@ -73,6 +74,14 @@ class ProtocolMismatch(ClientError):
 class InvalidArgument(ClientError):
     code = "invalid_argument"
     sqlstate = "22023"
+    exit_code = 2
+
+
+class InsufficientPrivilege(ClientError):
+    """The caller may not do this, or may not trust the runtime it would talk to."""
+
+    code = "insufficient_privilege"
+    sqlstate = "42501"
     exit_code = 2
 
 

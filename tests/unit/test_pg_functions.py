@@ -14,7 +14,6 @@ import math
 import os
 import random
 import re
-import shutil
 import struct
 import subprocess
 import threading
@@ -23,31 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import E5, ROOT, Runtime, install_package
 
 from pglocalai import errors
 from pglocalai.client import Client
 from pglocalai.pg import functions as f
-from pglocalai.service.background import BackgroundServer
-from pglocalai.service.config import ServiceConfig
-from pglocalai.service.engine import FakeCatalog
-from pglocalai.service.settings import Settings
 
-E5 = "multilingual-e5-small:v1"
-ROOT = Path(__file__).resolve().parents[2]
 SQL = ROOT / "extension" / "sql" / "azure_local_ai--1.0.0.sql"
 
 
-def runtime(tmp_path: Path, delay_ms: float = 0.0, **kw: Any) -> BackgroundServer:
-    cfg = ServiceConfig(socket=str(tmp_path / "rt" / "pglocalai.sock"),
-                        state_dir=str(tmp_path / "state"), engine="fake", **kw)
-    return BackgroundServer(cfg, FakeCatalog(delay_ms=delay_ms),
-                            Settings.load(Path(cfg.state_dir)))
-
-
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[BackgroundServer]:
-    with runtime(tmp_path) as bg:
-        yield bg
+def server() -> Iterator[Runtime]:
+    with Runtime(thread=True) as rt:
+        yield rt
 
 
 def parse(literal: str) -> list[float]:
@@ -96,20 +83,20 @@ def test_timeout_zero_means_no_runtime_limit_and_negative_is_refused() -> None:
 # -- create_embeddings(text) ----------------------------------------------------------------------
 
 
-def test_embed_text_is_the_runtime_vector(server: BackgroundServer) -> None:
+def test_embed_text_is_the_runtime_vector(server: Runtime) -> None:
     gd: dict[str, Any] = {}
-    literal = f.embed_text(gd, E5, "Grüße 🙂", 3600000, server.config.socket)
-    assert parse(literal) == reference(server.config.socket, ["Grüße 🙂"])[0]
+    literal = f.embed_text(gd, E5, "Grüße 🙂", 3600000, server.socket)
+    assert parse(literal) == reference(server.socket, ["Grüße 🙂"])[0]
     assert f.ERROR_KEY not in gd
     # the connection is kept for the session, one per address
-    assert list(gd[f.CLIENTS_KEY]) == [server.config.socket]
-    assert f.client(gd, server.config.socket) is gd[f.CLIENTS_KEY][server.config.socket]
+    assert list(gd[f.CLIENTS_KEY]) == [server.socket]
+    assert f.client(gd, server.socket) is gd[f.CLIENTS_KEY][server.socket]
 
 
 def test_unknown_model_returns_none_and_a_pending_error_with_the_installed_models(
-        server: BackgroundServer) -> None:
+        server: Runtime) -> None:
     gd: dict[str, Any] = {}
-    assert f.embed_text(gd, "no-such-model:v1", "x", 1000, server.config.socket) is None
+    assert f.embed_text(gd, "no-such-model:v1", "x", 1000, server.socket) is None
     sqlstate, message, _, hint = pending(gd)
     assert sqlstate == "22023" and "no-such-model:v1" in message and E5 in (hint or "")
 
@@ -129,26 +116,25 @@ def test_socket_setting_must_be_an_absolute_path() -> None:
     assert pending(gd)[:2] == ("22023", "azure_local_ai.runtime_socket must be an absolute path")
 
 
-def test_runtime_timeout_is_57014(tmp_path: Path) -> None:
-    with runtime(tmp_path, delay_ms=300) as bg:
+def test_runtime_timeout_is_57014() -> None:
+    with Runtime(thread=True, delay_ms=300) as bg:
         gd: dict[str, Any] = {}
-        assert f.embed_text(gd, E5, "slow", 20, bg.config.socket) is None
+        assert f.embed_text(gd, E5, "slow", 20, bg.socket) is None
         sqlstate, message, _, hint = pending(gd)
         assert sqlstate == "57014" and "timed out" in message and hint
 
 
-def test_a_pending_interrupt_stops_the_wait(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pending_interrupt_stops_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # Inside the server the flag is QueryCancelPending, read through ctypes; it is set here by
     # hand (tests/integration/test_sql.py cancels a real statement).
     flag = threading.Event()
     monkeypatch.setattr(f, "_interrupt_pending", flag.is_set)
-    with runtime(tmp_path, delay_ms=2000) as bg:
+    with Runtime(thread=True, delay_ms=2000) as bg:
         gd: dict[str, Any] = {}
         threading.Timer(0.2, flag.set).start()
-        assert f.embed_text(gd, E5, "never answered", 0, bg.config.socket) is None
+        assert f.embed_text(gd, E5, "never answered", 0, bg.socket) is None
         assert pending(gd)[0] == "57014"
-        conn = gd[f.CLIENTS_KEY][bg.config.socket]
+        conn = gd[f.CLIENTS_KEY][bg.socket]
         assert conn._sock is None  # its reply would arrive out of turn: the connection is dropped
 
 
@@ -160,13 +146,13 @@ def test_outside_the_server_there_is_no_interrupt_flag() -> None:
 # -- create_embeddings(text[] [, ids]) ------------------------------------------------------------
 
 
-def test_embed_many_keeps_order_batches_and_nulls(server: BackgroundServer) -> None:
+def test_embed_many_keeps_order_batches_and_nulls(server: Runtime) -> None:
     inputs = ["one", None, "three", "", None, None, None, "eight", "nine"]
     texts = [t for t in inputs if t is not None]
-    expected = dict(zip(texts, reference(server.config.socket, texts), strict=True))
+    expected = dict(zip(texts, reference(server.socket, texts), strict=True))
     for batch_size in (1, 2, 3, 128):
         rows = list(f.embed_many({}, E5, inputs, None, batch_size, 3600000,
-                                 server.config.socket))
+                                 server.socket))
         assert [r[0] for r in rows] == list(range(1, len(inputs) + 1))
         for text, (_, literal) in zip(inputs, rows, strict=True):
             if text is None:
@@ -175,12 +161,12 @@ def test_embed_many_keeps_order_batches_and_nulls(server: BackgroundServer) -> N
                 assert parse(literal) == expected[text]
 
 
-def test_embed_many_streams_with_at_most_two_batches_in_flight(server: BackgroundServer) -> None:
+def test_embed_many_streams_with_at_most_two_batches_in_flight(server: Runtime) -> None:
     inputs = [f"text {i}" for i in range(40)]
-    rows = f.embed_many({}, E5, inputs, len(inputs), 4, 0, server.config.socket)
+    rows = f.embed_many({}, E5, inputs, len(inputs), 4, 0, server.socket)
     first = next(rows)
     assert first[0] == 1
-    with Client(server.config.socket) as c:
+    with Client(server.socket) as c:
         # ten batches in all; before the first row only two requests had been sent
         assert c.stats()["totals"]["requests"] <= 2
     assert len(list(rows)) == 39
@@ -194,18 +180,18 @@ def test_embed_many_streams_with_at_most_two_batches_in_flight(server: Backgroun
     ([["a", "b"], ["c", "d"]], None, 128, 1000, "inputs must be a one-dimensional array"),
 ])
 def test_embed_many_bad_arguments_yield_one_failed_row(
-        server: BackgroundServer, inputs: list[Any], ids_count: int | None, batch_size: int,
+        server: Runtime, inputs: list[Any], ids_count: int | None, batch_size: int,
         timeout_ms: int, message: str) -> None:
     gd: dict[str, Any] = {}
     rows = list(f.embed_many(gd, E5, inputs, ids_count, batch_size, timeout_ms,
-                             server.config.socket))
+                             server.socket))
     assert rows == [(None, None)]
     assert pending(gd)[:2] == ("22023", message)
 
 
-def test_ids_length_mismatch_says_both_lengths(server: BackgroundServer) -> None:
+def test_ids_length_mismatch_says_both_lengths(server: Runtime) -> None:
     gd: dict[str, Any] = {}
-    list(f.embed_many(gd, E5, ["a"], 0, 128, 1000, server.config.socket))
+    list(f.embed_many(gd, E5, ["a"], 0, 128, 1000, server.socket))
     _, _, detail, hint = pending(gd)
     assert detail == "inputs has 1 element, ids has 0" and hint
 
@@ -216,22 +202,22 @@ def test_all_null_and_empty_inputs_need_no_runtime(tmp_path: Path) -> None:
     assert list(f.embed_many({}, E5, [], 0, 1, 1000, socket)) == []
 
 
-def test_embed_many_unknown_model_fails_before_any_row(server: BackgroundServer) -> None:
+def test_embed_many_unknown_model_fails_before_any_row(server: Runtime) -> None:
     gd: dict[str, Any] = {}
     assert list(f.embed_many(gd, "nope:v1", ["a", "b"], None, 1, 1000,
-                             server.config.socket)) == [(None, None)]
+                             server.socket)) == [(None, None)]
     assert pending(gd)[0] == "22023"
 
 
 def test_calls_after_a_runtime_restart_succeed_in_the_same_session(tmp_path: Path) -> None:
     gd: dict[str, Any] = {}
-    with runtime(tmp_path) as bg:
-        socket = bg.config.socket
+    with Runtime(thread=True, base=tmp_path) as bg:
+        socket = bg.socket
         assert f.embed_text(gd, E5, "before", 1000, socket)
         assert len(list(f.embed_many(gd, E5, ["a", "b"], None, 1, 1000, socket))) == 2
     assert f.embed_text(gd, E5, "while down", 1000, socket) is None
     assert pending(gd)[0] == "08001"
-    with runtime(tmp_path):
+    with Runtime(thread=True, base=tmp_path):
         assert f.embed_text(gd, E5, "after", 1000, socket)
         rows = list(f.embed_many(gd, E5, ["a", "b"], None, 1, 1000, socket))
         assert [r[0] for r in rows] == [1, 2] and all(r[1] for r in rows)
@@ -240,9 +226,9 @@ def test_calls_after_a_runtime_restart_succeed_in_the_same_session(tmp_path: Pat
 # -- the other calls ------------------------------------------------------------------------------
 
 
-def test_settings_models_tokens_stats(server: BackgroundServer) -> None:
+def test_settings_models_tokens_stats(server: Runtime) -> None:
     gd: dict[str, Any] = {}
-    socket = server.config.socket
+    socket = server.socket
     settings = json.loads(f.request(gd, "get_settings", "{}", 1000, socket))
     assert set(settings) == {"intra_op_parallelism", "inter_op_parallelism", "spin_control"}
     assert json.loads(f.request(gd, "get_settings", '{"keys": ["spin_control"]}', 1000,
@@ -270,18 +256,18 @@ def test_settings_models_tokens_stats(server: BackgroundServer) -> None:
 
 
 def test_version_reports_an_unreachable_runtime_instead_of_failing(
-        server: BackgroundServer, tmp_path: Path) -> None:
+        server: Runtime, tmp_path: Path) -> None:
     gd: dict[str, Any] = {}
-    up = json.loads(f.request(gd, "version", "{}", 0, server.config.socket))
-    assert re.fullmatch(r"azure_local_ai \S+, runtime \S+ at " + re.escape(server.config.socket),
+    up = json.loads(f.request(gd, "version", "{}", 0, server.socket))
+    assert re.fullmatch(r"azure_local_ai \S+, runtime \S+ at " + re.escape(server.socket),
                         up)
     down = json.loads(f.request(gd, "version", "{}", 0, str(tmp_path / "none.sock")))
     assert "runtime not reachable at" in down and f.ERROR_KEY not in gd
 
 
-def test_set_setting_needs_an_administrator(server: BackgroundServer) -> None:
+def test_set_setting_needs_an_administrator(server: Runtime) -> None:
     gd: dict[str, Any] = {}
-    socket = server.config.socket
+    socket = server.socket
     assert f.set_setting(gd, "spin_control", "false", socket, False) is None
     sqlstate, message, detail, hint = pending(gd)
     assert sqlstate == "42501" and message.startswith("permission denied")
@@ -290,41 +276,12 @@ def test_set_setting_needs_an_administrator(server: BackgroundServer) -> None:
     assert changed["spin_control"] is False
 
 
-# -- which sockets the backend talks to -----------------------------------------------------------
-
-
-def test_sockets_in_folders_others_can_write_are_refused(tmp_path: Path) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o777)
-    socket = str(shared / "pglocalai.sock")
-    assert f.untrusted_reason(socket) == f'the folder "{shared}" is writable by every user'
-    gd: dict[str, Any] = {}
-    assert f.embed_text(gd, E5, "x", 1000, socket) is None
-    sqlstate, message, detail, hint = pending(gd)
-    assert sqlstate == "42501" and socket in message and "every user" in (detail or "")
-    # a sticky world-writable folder above (like /tmp) is fine; a private one below is fine
-    sticky = tmp_path / "sticky"
-    (sticky / "private").mkdir(parents=True)
-    sticky.chmod(0o1777)
-    assert f.untrusted_reason(str(sticky / "private" / "s.sock")) is None
-    assert f.untrusted_reason(str(sticky / "s.sock")) is not None
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
-def test_sockets_owned_by_other_users_are_refused(tmp_path: Path) -> None:
-    other = tmp_path / "other"
-    other.mkdir()
-    os.chown(other, 65534, 65534)
-    assert "belongs to" in (f.untrusted_reason(str(other / "s.sock")) or "")
-
-
-# -- azure_local_ai._load: the bootstrap body, run as PL/Python would ------------------------------
+# -- azure_local_ai_internal.py_load: the bootstrap body, run as PL/Python would -------------
 
 LOADER = r"""
 import json, re, sys
 sql = open(sys.argv[1], encoding="utf-8").read()
-m = re.search(r"function azure_local_ai\._load\(lib_dir text, version text\).*?"
+m = re.search(r"function azure_local_ai_internal\.py_load\(lib_dir text, version text\).*?"
               r"\$python\$\n(.*?)\$python\$", sql, re.S)
 body = "".join("    " + line + "\n" for line in m.group(1).splitlines())
 GD = {}
@@ -339,26 +296,10 @@ print(json.dumps({"ok": ok, "error": GD.get("azure_local_ai.error"),
 
 
 def load(lib_dir: Path, version: str) -> dict[str, Any]:
-    """Run the _load body in the server's Python (/usr/bin/python3), in a process of its own."""
+    """Run the py_load body in the server's Python (/usr/bin/python3), in a process of its own."""
     out = subprocess.run(["/usr/bin/python3", "-I", "-c", LOADER, str(SQL), str(lib_dir), version],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
-
-
-def install_package(lib_dir: Path, version: str, package_version: str | None = None) -> Path:
-    """What `make install-ext` installs: the standard-library modules only."""
-    target = lib_dir / version / "pglocalai"
-    (target / "pg").mkdir(parents=True)
-    src = ROOT / "src" / "pglocalai"
-    for name in ("__init__.py", "errors.py", "protocol.py", "client.py"):
-        shutil.copy(src / name, target / name)
-    for name in ("__init__.py", "functions.py"):
-        shutil.copy(src / "pg" / name, target / "pg" / name)
-    if package_version:
-        (target / "__init__.py").write_text(f'__version__ = "{package_version}"\n')
-    for path in [lib_dir, *lib_dir.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return target
 
 
 def test_load_imports_the_package_of_the_extension_version(tmp_path: Path) -> None:
@@ -380,20 +321,38 @@ def test_load_refuses_another_package_version(tmp_path: Path) -> None:
     install_package(tmp_path / "lib", "1.0.0", package_version="0.9.0")
     sqlstate, message, _, hint = load(tmp_path / "lib", "1.0.0")["error"]
     assert sqlstate == "58000"
-    assert message == "the pglocalai package is version 0.9.0, the extension is version 1.0.0"
+    assert message == "the pglocalai package 0.9.0 does not serve version 1.0.0 of the extension"
     assert "ALTER EXTENSION azure_local_ai UPDATE" in hint
 
 
-@pytest.mark.parametrize("writable", ["pglocalai/client.py", "pglocalai/pg", "."])
-def test_load_refuses_code_that_other_users_can_change(tmp_path: Path, writable: str) -> None:
+@pytest.mark.parametrize(("writable", "mode", "reason"), [
+    ("pglocalai/client.py", 0o666, "every user"), ("pglocalai/pg", 0o777, "every user"),
+    (".", 0o777, "every user"), ("pglocalai/pg", 0o775, "its group"),
+    ("pglocalai/protocol.py", 0o664, "its group")])
+def test_load_refuses_code_that_other_users_can_change(tmp_path: Path, writable: str, mode: int,
+                                                       reason: str) -> None:
     target = install_package(tmp_path / "lib", "1.0.0")
-    (target.parent / writable).chmod(0o777 if (target.parent / writable).is_dir() else 0o666)
+    (target.parent / writable).chmod(mode)
     result = load(tmp_path / "lib", "1.0.0")
     sqlstate, message, detail, _ = result["error"]
     assert result["ok"] is False and sqlstate == "42501"
-    assert message.startswith("refusing to import Python code") and "every user" in detail
+    assert message.startswith("refusing to import Python code") and reason in detail
 
 
-def test_unit_vectors_come_back_unit(server: BackgroundServer) -> None:
-    literal = f.embed_text({}, E5, "norm", 1000, server.config.socket)
+def test_load_refuses_code_that_an_acl_lets_others_change(tmp_path: Path) -> None:
+    target = install_package(tmp_path / "lib", "1.0.0")
+    # an access ACL granting a named user (uid 65534) write: user_obj, user:65534:rwx, group_obj,
+    # mask, other, as the kernel stores it (setfacl -m u:65534:rwx)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in
+                                          [(1, 7, 0xFFFFFFFF), (2, 7, 65534), (4, 5, 0xFFFFFFFF),
+                                           (0x10, 7, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)])
+    os.setxattr(target / "pg", "system.posix_acl_access", acl)
+    result = load(tmp_path / "lib", "1.0.0")
+    sqlstate, message, detail, _ = result["error"]
+    assert result["ok"] is False and sqlstate == "42501"
+    assert "access control list" in detail  # the ACL's mask shows as group write
+
+
+def test_unit_vectors_come_back_unit(server: Runtime) -> None:
+    literal = f.embed_text({}, E5, "norm", 1000, server.socket)
     assert math.isclose(math.fsum(x * x for x in parse(literal)), 1.0, rel_tol=1e-5)

@@ -18,14 +18,22 @@ SELECT p.proname AS name, pg_get_function_arguments(p.oid) AS arguments, pg_get_
   WHERE p.pronamespace = 'azure_local_ai'::regnamespace AND p.proname NOT LIKE '\_%'
   ORDER BY 1, 2;
 
--- every function: security invoker, pinned search_path, a comment, a member of the extension
+-- every function: pinned search_path, a comment, a member of the extension
 SELECT count(*) AS functions,
-       count(*) FILTER (WHERE NOT p.prosecdef) AS security_invoker,
        count(*) FILTER (WHERE p.proconfig = ARRAY['search_path=pg_catalog, pg_temp']) AS pinned_search_path,
        count(*) FILTER (WHERE obj_description(p.oid, 'pg_proc') IS NOT NULL) AS commented,
        count(*) FILTER (WHERE EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                                         AND d.objid = p.oid AND d.deptype = 'e')) AS members
-  FROM pg_proc p WHERE p.pronamespace = 'azure_local_ai'::regnamespace;
+  FROM pg_proc p WHERE p.pronamespace IN ('azure_local_ai'::regnamespace,
+                                          'azure_local_ai_internal'::regnamespace);
+
+-- SECURITY DEFINER: the public functions that reach the private internals, and load() (so that an
+-- administrator cannot pick the package version); set_setting and get_setting(text) run as the caller
+SELECT p.oid::regprocedure AS security_definer
+  FROM pg_proc p
+  WHERE p.pronamespace IN ('azure_local_ai'::regnamespace, 'azure_local_ai_internal'::regnamespace)
+    AND p.prosecdef
+  ORDER BY 1::text COLLATE "C";
 
 -- everyone may use the schema and the functions, except set_setting
 SELECT has_schema_privilege('public', 'azure_local_ai', 'USAGE') AS schema_usage;

@@ -4,9 +4,10 @@ Runs inside the PostgreSQL server, in the server's Python: standard library only
 
 How the SQL side (``extension/sql/azure_local_ai--<version>.sql``) uses this module:
 
-* The public functions are PL/pgSQL wrappers. They read the settings
-  (``azure_local_ai.runtime_socket``), pass them in, call one internal PL/Python
-  function, and turn its result into the SQL type.
+* The public functions (schema ``azure_local_ai``) are one-statement SQL
+  functions over PL/pgSQL internals (schema ``azure_local_ai_internal``),
+  which read the settings (``azure_local_ai.runtime_socket``), load this
+  package once per session and call one thin PL/Python function (``py_*``).
 * Nothing here calls SPI (``plpy.execute``). PL/Python runs every SPI call in a
   subtransaction, and PostgreSQL 15 refuses those inside a parallel query
   ("cannot start subtransactions during a parallel operation"), while the
@@ -15,8 +16,9 @@ How the SQL side (``extension/sql/azure_local_ai--<version>.sql``) uses this mod
   with "plpy.Error:", add a Python traceback, and inside a set-returning
   function replace the message with "error fetching next item from iterator".
   An error is stored in ``GD[ERROR_KEY]`` instead and NULL (or a row with a NULL
-  ordinal) is returned; the wrapper then calls ``azure_local_ai._raise_pending()``,
-  which raises it with its SQLSTATE, message, detail and hint.
+  ordinal) is returned; the public function then calls
+  ``azure_local_ai_internal.raise_pending()``, which raises it with its
+  SQLSTATE, message, detail and hint.
 * Vectors go back as the text of a real[] literal that the wrapper casts.
   Formatting with "%.9g" (exact for float32) plus array_in costs about half of
   PL/Python's own conversion of a list of floats, which is the hot path's floor.
@@ -26,7 +28,7 @@ How the SQL side (``extension/sql/azure_local_ai--<version>.sql``) uses this mod
   ProcDiePending flags (ctypes, no SPI) and stops the wait when one is set; the
   wrapper returns and PostgreSQL raises its own error at its next check.
 
-Example (what the PL/Python body of ``azure_local_ai._embed`` runs)::
+Example (what the PL/Python body of ``azure_local_ai_internal.py_embed`` runs)::
 
     >>> GD["azure_local_ai"].embed_text(GD, "multilingual-e5-small:v1", "hello", 3600000, None)
     '{0.0316441283,-0.0107186306,...}'
@@ -36,8 +38,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import stat
 import sys
 from array import array
 from collections import deque
@@ -46,11 +46,11 @@ from typing import Any, TypeVar
 
 from pglocalai import __version__, errors
 from pglocalai.client import DEFAULT_SOCKET, Client
-from pglocalai.protocol import Kind
+from pglocalai.pg import trust
 
 # GD keys. The SQL script uses the first two literally: changing them breaks installed versions.
-MODULE_KEY = "azure_local_ai"  # this module, stored by azure_local_ai._load()
-ERROR_KEY = "azure_local_ai.error"  # the pending error, taken by azure_local_ai._take_error()
+MODULE_KEY = "azure_local_ai"  # this module, stored by azure_local_ai_internal.py_load()
+ERROR_KEY = "azure_local_ai.error"  # the pending error, taken by ..._internal.take_error()
 CLIENTS_KEY = "azure_local_ai.clients"  # one Client per runtime address
 
 POLL_INTERVAL = 0.05  # seconds between interrupt checks while a reply is awaited
@@ -64,13 +64,6 @@ _T = TypeVar("_T")
 
 class Interrupted(Exception):
     """PostgreSQL flagged a query cancel or a shutdown while a reply was awaited."""
-
-
-class InsufficientPrivilege(errors.ClientError):
-    """The caller may not do this (raised here, never sent over the socket)."""
-
-    code = "insufficient_privilege"
-    sqlstate = "42501"
 
 
 def _interrupt_reader() -> Callable[[], bool] | None:
@@ -142,46 +135,6 @@ def timeout_of(timeout_ms: int) -> int | None:
     return timeout_ms or None
 
 
-def untrusted_reason(path: str) -> str | None:
-    """Why someone other than root or the server's user could swap the socket at ``path``.
-
-    Any role may SET azure_local_ai.runtime_socket, so the backend only talks to
-    sockets in folders that no other user can write to (the socket itself, and
-    every folder above it, belong to root or the server's user; ancestors may be
-    sticky like /tmp). None when nothing is wrong or nothing exists to check.
-    """
-    trusted = (0, os.geteuid())
-    real = os.path.realpath(path)
-    try:
-        owner = os.stat(real).st_uid
-    except OSError:
-        owner = None
-    if owner is not None and owner not in trusted:
-        return f'the socket "{real}" belongs to {_user(owner)}'
-    folder, own = os.path.dirname(real), True
-    while True:
-        try:
-            info = os.stat(folder)
-        except OSError:
-            return None  # connecting will fail and say so
-        if info.st_uid not in trusted:
-            return f'the folder "{folder}" belongs to {_user(info.st_uid)}'
-        if info.st_mode & stat.S_IWOTH and (own or not info.st_mode & stat.S_ISVTX):
-            return f'the folder "{folder}" is writable by every user'
-        if folder == "/":
-            return None
-        folder, own = os.path.dirname(folder), False
-
-
-def _user(uid: int) -> str:
-    try:
-        import pwd  # noqa: PLC0415 - Unix only
-
-        return f'user "{pwd.getpwuid(uid).pw_name}"'
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
 def client(gd: GlobalDict, socket: str | None) -> Client:
     """The session's connection to the runtime at ``socket`` (the GUC value; empty: default)."""
     address = socket or DEFAULT_SOCKET
@@ -194,18 +147,14 @@ def client(gd: GlobalDict, socket: str | None) -> Client:
             "azure_local_ai.runtime_socket must be an absolute path",
             detail=f'azure_local_ai.runtime_socket is "{address}"',
             hint=f"set it to the runtime's Unix socket, such as {DEFAULT_SOCKET}")
-    reason = untrusted_reason(address)
-    if reason:
-        raise InsufficientPrivilege(
-            f'refusing to connect to the runtime socket "{address}"', detail=reason,
-            hint="put the runtime's socket in a folder that belongs to root or to the "
-                 "server's user and that other users cannot write to")
     if len(clients) >= MAX_CLIENTS:
         for old in clients.values():
             old.close()
         clients.clear()
+    # Any role may SET the socket: every connect checks who could swap it and who listens there
     conn = clients[address] = Client(address, check_interrupt=check_interrupt,
-                                     poll_interval=POLL_INTERVAL)
+                                     poll_interval=POLL_INTERVAL,
+                                     open_unix=trust.connect_trusted)
     return conn
 
 
@@ -309,7 +258,7 @@ def _stream(gd: GlobalDict, model_uri: str, inputs: Sequence[str | None],
 
 
 @_guarded
-def set_setting(gd: GlobalDict, key: str, value: str, socket: str | None,
+def set_setting(gd: GlobalDict, key: str | None, value: str | None, socket: str | None,
                 is_admin: bool) -> str:
     """set_setting(key, value): all settings after the change, as JSON.
 
@@ -317,47 +266,39 @@ def set_setting(gd: GlobalDict, key: str, value: str, socket: str | None,
     caller), so calling the internal function directly does not bypass it.
     """
     if not is_admin:
-        raise InsufficientPrivilege(
+        raise errors.InsufficientPrivilege(
             "permission denied to change the settings of the pglocalai runtime",
-            detail='only superusers and members of the role "azure_local_ai_admin" may '
-                   "change them: they apply to every database served by the runtime",
-            hint='ask an administrator to run it, or to grant you the role "azure_local_ai_admin"')
+            detail='only superusers and roles that a superuser granted "azure_local_ai_admin" '
+                   "may change them: they apply to every database served by the runtime",
+            hint='ask a superuser to run it, or to grant you the role "azure_local_ai_admin"')
+    if key is None or value is None:
+        raise errors.InvalidArgument("key and value must not be null")
     return json.dumps(client(gd, socket).set_setting(key, value))
 
 
-def _settings(conn: Client, args: dict[str, Any], timeout: int | None) -> Any:
-    keys = [str(k) for k in args.get("keys") or ()]
-    # Client.get_settings has no timeout: ask through request() so timeout_ms bounds the wait
-    return conn.request(Kind.GET_SETTINGS, {"keys": keys}, timeout).header["settings"]
-
-
 def _model_row(model: dict[str, Any]) -> dict[str, Any]:
-    variants = model.get("variants") or {}
-    return {
-        "model_uri": model.get("uri") or model.get("model_uri"),
-        "dimensions": model.get("dimensions"),
-        "max_tokens": model.get("max_tokens"),
-        "variant": model.get("variant") or model.get("default_variant"),
-        "variants": sorted(variants) if isinstance(variants, dict) else list(variants),
-        "loaded": model.get("loaded"),
-    }
+    """The runtime's list_models entry in the columns of azure_local_ai.list_models()."""
+    return {"model_uri": model["uri"], "dimensions": model["dimensions"],
+            "max_tokens": model["max_tokens"], "variant": model["variant"],
+            "variants": sorted(model["variants"]), "loaded": model["loaded"]}
 
 
 def _version(conn: Client, args: dict[str, Any], timeout: int | None) -> str:
     try:
-        health = conn.health()
+        health = conn.health(timeout)
     except errors.PglocalaiError as exc:
         return f"azure_local_ai {__version__}, runtime not reachable at {conn.address} ({exc})"
     runtime = health.get("version") or "of unknown version"
     return f"azure_local_ai {__version__}, runtime {runtime} at {conn.address}"
 
 
+# operation name (as the SQL passes it) -> the call; every call passes the caller's timeout_ms
 _OPERATIONS: dict[str, Callable[[Client, dict[str, Any], int | None], Any]] = {
-    "get_settings": _settings,
-    "list_models": lambda c, a, t: [_model_row(m) for m in c.list_models()],
-    "model_metadata": lambda c, a, t: c.model_metadata(str(a["model"])),
-    "token_count": lambda c, a, t: c.token_count(str(a["model"]), [str(a["input"])])[0],
-    "runtime_stats": lambda c, a, t: c.stats(),
+    "get_settings": lambda c, a, t: c.get_settings([str(k) for k in a.get("keys") or ()], t),
+    "list_models": lambda c, a, t: [_model_row(m) for m in c.list_models(t)],
+    "model_metadata": lambda c, a, t: c.model_metadata(str(a["model"]), t),
+    "token_count": lambda c, a, t: c.token_count(str(a["model"]), [str(a["input"])], t)[0],
+    "runtime_stats": lambda c, a, t: c.stats(t),
     "version": _version,
 }
 

@@ -1,0 +1,52 @@
+-- Internals are private; who is an administrator cannot be obtained with CREATEROLE alone.
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE;
+RESET client_min_messages;
+
+-- \df azure_local_ai.* shows the Azure functions and the documented extras, nothing internal
+SELECT p.proname, count(*) FROM pg_proc p
+  WHERE p.pronamespace = 'azure_local_ai'::regnamespace GROUP BY 1 ORDER BY 1;
+
+-- PUBLIC may execute no internal function and may not even use their schema
+SELECT has_schema_privilege('public', 'azure_local_ai_internal', 'USAGE') AS internal_usage;
+SELECT count(*) AS internals,
+       count(*) FILTER (WHERE has_function_privilege('public', p.oid, 'EXECUTE')) AS public_may_execute
+  FROM pg_proc p WHERE p.pronamespace = 'azure_local_ai_internal'::regnamespace;
+
+-- a plain role cannot load a package of its choosing, by any name
+CREATE ROLE regress_azure_local_ai_someone;
+SET ROLE regress_azure_local_ai_someone;
+SELECT azure_local_ai_internal.py_load('/usr/local/lib/pglocalai', '0.9.0');
+SELECT azure_local_ai_internal.load();
+SELECT array_length(azure_local_ai.create_embeddings('multilingual-e5-small:v1', 'hello'), 1) AS dims;
+RESET ROLE;
+
+-- a CREATEROLE role that grants itself azure_local_ai_admin is not an administrator: PostgreSQL 15
+-- lets it grant the role (the grant names it as the grantor, which does not count); 16 and later
+-- refuse the grant (it holds no ADMIN OPTION on a role it did not create)
+CREATE ROLE regress_azure_local_ai_rolemaker CREATEROLE;
+SET ROLE regress_azure_local_ai_rolemaker;
+DO $$
+BEGIN
+  BEGIN
+    GRANT azure_local_ai_admin TO regress_azure_local_ai_rolemaker;
+  EXCEPTION WHEN insufficient_privilege THEN
+    NULL;
+  END;
+  BEGIN
+    PERFORM azure_local_ai.set_setting('spin_control', 'true');
+    RAISE NOTICE 'set_setting: allowed';
+  EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'set_setting: %', SQLERRM;
+  END;
+END $$;
+RESET ROLE;
+REVOKE azure_local_ai_admin FROM regress_azure_local_ai_rolemaker CASCADE;
+
+-- nor can it take the role's name before the extension exists: a role it created is refused
+DROP EXTENSION azure_local_ai;
+SELECT pg_catalog.to_regrole('azure_local_ai_admin') IS NOT NULL AS admin_role_kept;
+
+DROP ROLE regress_azure_local_ai_someone;
+DROP ROLE regress_azure_local_ai_rolemaker;
