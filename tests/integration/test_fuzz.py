@@ -6,26 +6,26 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from runtime_helpers import read_frame, spawn, stop, wait_healthy, wait_until
+from support import E5, Runtime, raw_frame, read_frame, wait_until
 
 from pglocalai.client import Client
 from pglocalai.protocol import Kind
 
-E5 = "multilingual-e5-small:v1"
+pytestmark = pytest.mark.runtime
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
 
-class Runtime:
+class Fuzzed:
+    """The runtime under fuzzing, and a witness client it serves throughout."""
+
     def __init__(self, sock: str, pid: int) -> None:
         self.sock = sock
         self.process = psutil.Process(pid)
@@ -53,26 +53,13 @@ class Runtime:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    base: Path = tmp_path_factory.mktemp("fuzz")
-    sock = str(base / "rt" / "s.sock")
-    proc = spawn("serve", "--engine", "fake", "--socket", sock, "--state-dir", str(base),
-                 "--preload", "all", "--max-queue", "5000")
-    try:
-        wait_healthy(sock, proc)
-        rt = Runtime(sock, proc.pid)
-        rt.check_serving()
-        yield rt
-        rt.witness.close()
-    finally:
-        assert stop(proc) == 0  # and it still shuts down cleanly
-
-
-def frame(version: int, kind: int, request_id: int, head: bytes, payload: bytes = b"",
-          declared_head: int | None = None) -> bytes:
-    hlen = len(head) if declared_head is None else declared_head
-    body = struct.pack("<BBII", version, kind, request_id, hlen) + head + payload
-    return struct.pack("<I", len(body)) + body
+def fuzzed() -> Iterator[Fuzzed]:
+    with Runtime(preload="all", max_queue=5000) as rt:
+        target = Fuzzed(rt.socket, rt.pid())
+        target.check_serving()
+        yield target
+        target.witness.close()
+        assert rt.stop() == 0  # and it still shuts down cleanly
 
 
 json_values = st.recursive(
@@ -93,9 +80,9 @@ headers = st.fixed_dictionaries(
 
 @FUZZ
 @given(data=st.binary(max_size=600))
-def test_random_bytes(runtime: Runtime, data: bytes) -> None:
-    runtime.send(data)
-    runtime.check_serving()
+def test_random_bytes(fuzzed: Fuzzed, data: bytes) -> None:
+    fuzzed.send(data)
+    fuzzed.check_serving()
 
 
 @FUZZ
@@ -103,46 +90,46 @@ def test_random_bytes(runtime: Runtime, data: bytes) -> None:
        request_id=st.integers(0, 2**32 - 1), head=st.binary(max_size=200),
        payload=st.binary(max_size=64), declared=st.none() | st.integers(0, 2**32 - 1),
        cut=st.none() | st.integers(0, 300))
-def test_malformed_and_truncated_frames(runtime: Runtime, version: int, kind: int,
+def test_malformed_and_truncated_frames(fuzzed: Fuzzed, version: int, kind: int,
                                         request_id: int, head: bytes, payload: bytes,
                                         declared: int | None, cut: int | None) -> None:
-    data = frame(version, kind, request_id, head, payload, declared)
+    data = raw_frame(kind, request_id, head, version, payload, declared)
     if cut is not None:
         data = data[:cut]
-    runtime.send(data, read_reply=cut is None)
-    runtime.check_serving()
+    fuzzed.send(data, read_reply=cut is None)
+    fuzzed.check_serving()
 
 
 @FUZZ
 @given(kind=st.sampled_from([k for k in Kind if k not in (Kind.SET_SETTING,)]),
        header=headers, count=st.integers(1, 3), cut=st.none() | st.integers(0, 200))
-def test_valid_frames_with_arbitrary_json(runtime: Runtime, kind: Kind, header: dict[str, object],
+def test_valid_frames_with_arbitrary_json(fuzzed: Fuzzed, kind: Kind, header: dict[str, object],
                                           count: int, cut: int | None) -> None:
     head = json.dumps(header).encode()
-    data = b"".join(frame(1, int(kind), i, head) for i in range(count))
+    data = b"".join(raw_frame(int(kind), i, head) for i in range(count))
     if cut is not None:
         data = data[:cut]
-    runtime.send(data, read_reply=cut is None)
-    runtime.check_serving()
+    fuzzed.send(data, read_reply=cut is None)
+    fuzzed.check_serving()
 
 
-def test_no_leak_after_many_bad_clients(runtime: Runtime) -> None:
+def test_no_leak_after_many_bad_clients(fuzzed: Fuzzed) -> None:
     """Warm up, then 2,000 more bad clients: fds back to baseline, memory stable."""
-    junk = [b"\x00", b"\xff" * 9, frame(1, 1, 1, b'{"model":"\xff"}'),
-            frame(1, int(Kind.EMBED), 2, json.dumps({"model": E5, "inputs": ["x"] * 50}).encode()),
-            frame(9, 1, 1, b"{}"), frame(1, 1, 1, b"{}")[:7],
-            frame(1, int(Kind.EMBED), 3, json.dumps({"model": "nope:v1", "inputs": []}).encode())]
+    junk = [b"\x00", b"\xff" * 9, raw_frame(1, 1, b'{"model":"\xff"}'),
+            raw_frame(Kind.EMBED, 2, json.dumps({"model": E5, "inputs": ["x"] * 50}).encode()),
+            raw_frame(1, 1, b"{}", version=9), raw_frame(1, 1, b"{}")[:7],
+            raw_frame(Kind.EMBED, 3, json.dumps({"model": "nope:v1", "inputs": []}).encode())]
 
     def round_of_clients(n: int) -> None:
         for i in range(n):
-            runtime.send(junk[i % len(junk)], read_reply=i % 2 == 0)
+            fuzzed.send(junk[i % len(junk)], read_reply=i % 2 == 0)
 
     round_of_clients(500)
-    runtime.check_serving()
-    baseline_fds = runtime.fds()
-    baseline_rss = runtime.process.memory_info().rss
+    fuzzed.check_serving()
+    baseline_fds = fuzzed.fds()
+    baseline_rss = fuzzed.process.memory_info().rss
     round_of_clients(2000)
-    runtime.check_serving()
-    wait_until(lambda: runtime.fds() <= baseline_fds, 30)
-    growth = runtime.process.memory_info().rss - baseline_rss
+    fuzzed.check_serving()
+    wait_until(lambda: fuzzed.fds() <= baseline_fds, 30)
+    growth = fuzzed.process.memory_info().rss - baseline_rss
     assert growth < max(0.05 * baseline_rss, 4 << 20), f"rss grew by {growth} bytes"

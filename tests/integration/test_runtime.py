@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import pwd
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from runtime_helpers import (
-    fake_server,
+from support import (
+    E5,
+    FAKE_MODELS,
+    FakeCatalog,
+    FakeEngine,
+    Runtime,
+    connect_as,
     raw_connect,
     raw_frame,
     read_frame,
@@ -28,13 +31,9 @@ from pglocalai.errors import (
     ModelNotInstalled,
     Overloaded,
     RequestTimeout,
-    RuntimeUnavailable,
     UnknownSetting,
 )
 from pglocalai.protocol import Kind
-from pglocalai.service.engine import FAKE_MODELS, FakeCatalog, FakeEngine
-
-E5 = "multilingual-e5-small:v1"
 
 
 def reference(texts: list[str], uri: str = E5) -> np.ndarray:
@@ -46,8 +45,8 @@ def as_array(dim: int, raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
 
 
-def test_health_models_metadata(tmp_path: Path) -> None:
-    with fake_server(tmp_path) as bg, Client(bg.config.socket) as c:
+def test_health_models_metadata() -> None:
+    with Runtime(thread=True) as bg, Client(bg.socket) as c:
         health = c.health()
         assert health["status"] == "ok" and health["protocol"] == 1
         assert health["models_loaded"] == [] and health["uptime_s"] >= 0
@@ -64,9 +63,9 @@ def test_health_models_metadata(tmp_path: Path) -> None:
         assert E5 in (info.value.hint or "")
 
 
-def test_embed_order_empty_text_and_token_counts(tmp_path: Path) -> None:
+def test_embed_order_empty_text_and_token_counts() -> None:
     texts = ["b" * 30, "", "a", "ü" * 700, "mixed 日本 🧪"]
-    with fake_server(tmp_path) as bg, Client(bg.config.socket) as c:
+    with Runtime(thread=True) as bg, Client(bg.socket) as c:
         dim, raw = c.embed_raw(E5, texts)
         np.testing.assert_allclose(as_array(dim, raw), reference(texts), atol=1e-6)
         counts = c.token_count(E5, texts)
@@ -75,38 +74,38 @@ def test_embed_order_empty_text_and_token_counts(tmp_path: Path) -> None:
         assert c.embed(E5, []) == []
 
 
-def test_many_concurrent_clients_get_exactly_their_own_vectors(tmp_path: Path) -> None:
+def test_many_concurrent_clients_get_exactly_their_own_vectors() -> None:
     def client(n: int) -> None:
-        with Client(bg.config.socket) as c:
+        with Client(bg.socket) as c:
             for i in range(15):
                 texts = [f"client {n} request {i} text {j} " * (1 + (n * j + i) % 4)
                          for j in range(1 + (n + i) % 6)]
                 dim, raw = c.embed_raw(E5, texts)
                 np.testing.assert_allclose(as_array(dim, raw), reference(texts), atol=1e-5)
 
-    with fake_server(tmp_path, FakeCatalog(delay_ms=2)) as bg:
+    with Runtime(thread=True, delay_ms=2) as bg:
         errors = run_threads(client, 16)
-        with Client(bg.config.socket) as c:
+        with Client(bg.socket) as c:
             totals = c.stats()["totals"]
     assert not errors, errors[0]
     assert totals["requests"] == 16 * 15
     assert totals["batches"] < totals["requests"]  # cross-connection batching happened
 
 
-def test_pipelined_requests_on_one_connection_come_back_in_order(tmp_path: Path) -> None:
+def test_pipelined_requests_on_one_connection_come_back_in_order() -> None:
     chunks = [[f"chunk {i} text {j}" * (1 + j % 3) for j in range(1 + i % 7)] for i in range(40)]
-    with fake_server(tmp_path, FakeCatalog(delay_ms=1)) as bg, Client(bg.config.socket) as c:
+    with Runtime(thread=True, delay_ms=1) as bg, Client(bg.socket) as c:
         got = list(c.embed_stream(E5, chunks, depth=8))
     assert len(got) == len(chunks)
     for chunk, (dim, raw) in zip(chunks, got, strict=True):
         np.testing.assert_allclose(as_array(dim, raw), reference(chunk), atol=1e-6)
 
 
-def test_deadline_behind_a_slow_batch_times_out_and_is_dropped(tmp_path: Path) -> None:
-    with fake_server(tmp_path, FakeCatalog(delay_ms=400), max_batch_size=1, workers=1) as bg:
-        slow = threading.Thread(target=lambda: Client(bg.config.socket).embed(E5, ["slow"]))
+def test_deadline_behind_a_slow_batch_times_out_and_is_dropped() -> None:
+    with Runtime(thread=True, delay_ms=400, max_batch_size=1, workers=1) as bg:
+        slow = threading.Thread(target=lambda: Client(bg.socket).embed(E5, ["slow"]))
         slow.start()
-        with Client(bg.config.socket) as c:
+        with Client(bg.socket) as c:
             wait_until(lambda: c.stats()["models"].get(E5, {}).get("batches", 0) == 0
                        and bg.server.models.queues.get(E5) is not None
                        and bg.server.models.queues[E5].running == 1)
@@ -118,14 +117,14 @@ def test_deadline_behind_a_slow_batch_times_out_and_is_dropped(tmp_path: Path) -
             assert c.stats()["models"][E5]["batched_texts"] == 1  # "hurry", "up" never ran
 
 
-def test_disconnect_drops_pending_work(tmp_path: Path) -> None:
-    with fake_server(tmp_path, FakeCatalog(delay_ms=300), max_batch_size=1, workers=1) as bg:
-        busy = threading.Thread(target=lambda: Client(bg.config.socket).embed(E5, ["busy"]))
+def test_disconnect_drops_pending_work() -> None:
+    with Runtime(thread=True, delay_ms=300, max_batch_size=1, workers=1) as bg:
+        busy = threading.Thread(target=lambda: Client(bg.socket).embed(E5, ["busy"]))
         busy.start()
-        with Client(bg.config.socket) as c:
+        with Client(bg.socket) as c:
             wait_until(lambda: E5 in bg.server.models.queues
                        and bg.server.models.queues[E5].running == 1)
-            sock = raw_connect(bg.config.socket)
+            sock = raw_connect(bg.socket)
             head = json.dumps({"model": E5, "inputs": [f"t{i}" for i in range(50)]}).encode()
             sock.sendall(raw_frame(Kind.EMBED, 1, head))
             wait_until(lambda: c.stats()["models"][E5]["queue_depth"] == 50)
@@ -139,7 +138,7 @@ def test_disconnect_drops_pending_work(tmp_path: Path) -> None:
 
 
 def test_settings_validation_persistence_and_concurrent_changes(tmp_path: Path) -> None:
-    with fake_server(tmp_path) as bg, Client(bg.config.socket) as c:
+    with Runtime(thread=True, base=tmp_path) as bg, Client(bg.socket) as c:
         c.embed(E5, ["loaded"])
         assert c.get_settings()["inter_op_parallelism"] == 1
         assert c.get_settings(["spin_control"]) == {"spin_control": True}
@@ -150,7 +149,7 @@ def test_settings_validation_persistence_and_concurrent_changes(tmp_path: Path) 
             c.set_setting("spin_control", "sometimes")
         assert c.set_setting("spin_control", "false")["spin_control"] is False
         def changer(n: int) -> None:
-            with Client(bg.config.socket) as cc:
+            with Client(bg.socket) as cc:
                 for i in range(10):
                     cc.set_setting("intra_op_parallelism", str(1 + (n + i) % 4))
                     cc.embed(E5, [f"between {n} {i}"])
@@ -162,26 +161,26 @@ def test_settings_validation_persistence_and_concurrent_changes(tmp_path: Path) 
         assert engine.settings == final  # the loaded engine runs with what is reported
     on_disk = json.loads((tmp_path / "state" / "settings.json").read_text())
     assert on_disk == final
-    with fake_server(tmp_path) as bg2, Client(bg2.config.socket) as c:
+    with Runtime(thread=True, base=tmp_path) as bg2, Client(bg2.socket) as c:
         assert c.get_settings() == final  # reloaded at start
 
 
-def test_lazy_load_happens_once_for_concurrent_first_requests(tmp_path: Path) -> None:
+def test_lazy_load_happens_once_for_concurrent_first_requests() -> None:
     catalog = FakeCatalog(load_delay_ms=300)
-    with fake_server(tmp_path, catalog) as bg:
-        errors = run_threads(lambda _n: Client(bg.config.socket).embed(E5, ["x"]), 8)
+    with Runtime(thread=True, catalog=catalog) as bg:
+        errors = run_threads(lambda _n: Client(bg.socket).embed(E5, ["x"]), 8)
         assert not errors, errors[0]
         assert catalog.loads == {E5: 1}
 
 
-def test_preload(tmp_path: Path) -> None:
-    with fake_server(tmp_path, preload="all") as bg, Client(bg.config.socket) as c:
+def test_preload() -> None:
+    with Runtime(thread=True, preload="all") as bg, Client(bg.socket) as c:
         assert sorted(c.health()["models_loaded"]) == sorted(m.uri for m in FAKE_MODELS)
 
 
-def test_protocol_mismatch_keeps_the_connection_usable(tmp_path: Path) -> None:
-    with fake_server(tmp_path) as bg:
-        sock = raw_connect(bg.config.socket)
+def test_protocol_mismatch_keeps_the_connection_usable() -> None:
+    with Runtime(thread=True) as bg:
+        sock = raw_connect(bg.socket)
         sock.sendall(raw_frame(Kind.HEALTH, 5, b"{}", version=99))
         reply = read_frame(sock)
         assert reply is not None and reply.kind == Kind.ERROR
@@ -191,13 +190,13 @@ def test_protocol_mismatch_keeps_the_connection_usable(tmp_path: Path) -> None:
         assert reply is not None and reply.kind == Kind.RESULT and reply.request_id == 6
 
 
-def test_invalid_utf8_and_bad_headers_get_bad_request(tmp_path: Path) -> None:
+def test_invalid_utf8_and_bad_headers_get_bad_request() -> None:
     bad_bodies = [b'{"model":"\xff\xfe","inputs":["x"]}', b"[1]", b"{", b'{"model":1}',
                   b'{"model":"m:v1","inputs":"not a list"}',
                   b'{"model":"multilingual-e5-small:v1","inputs":["x"],"timeout_ms":-1}',
                   b'{"model":"multilingual-e5-small:v1","inputs":["\\ud800"]}']
-    with fake_server(tmp_path) as bg:
-        sock = raw_connect(bg.config.socket)
+    with Runtime(thread=True) as bg:
+        sock = raw_connect(bg.socket)
         for i, body in enumerate(bad_bodies):
             sock.sendall(raw_frame(Kind.EMBED, 100 + i, body))
             reply = read_frame(sock)
@@ -206,24 +205,24 @@ def test_invalid_utf8_and_bad_headers_get_bad_request(tmp_path: Path) -> None:
         sock.sendall(raw_frame(Kind.EMBEDDINGS, 1, b"{}"))  # a reply kind is not a request
         reply = read_frame(sock)
         assert reply is not None and reply.header["code"] == "bad_request"
-        with Client(bg.config.socket) as c:
+        with Client(bg.socket) as c:
             assert c.embed(E5, ["still serving"])
 
 
 @pytest.mark.parametrize("length", [0, 3, 0xFFFFFFFF, 0x80000000, 64 * 1024 * 1024 + 1])
-def test_impossible_length_closes_that_connection_only(tmp_path: Path, length: int) -> None:
-    with fake_server(tmp_path) as bg:
-        sock = raw_connect(bg.config.socket)
+def test_impossible_length_closes_that_connection_only(length: int) -> None:
+    with Runtime(thread=True) as bg:
+        sock = raw_connect(bg.socket)
         sock.sendall(length.to_bytes(4, "little") + b"\x01" * 16)
         reply = read_frame(sock)
         assert reply is not None and reply.header["code"] == "bad_request"
         assert read_frame(sock) is None  # out of step: closed
-        with Client(bg.config.socket) as c:
+        with Client(bg.socket) as c:
             assert c.health()["status"] == "ok"
 
 
-def test_overloaded(tmp_path: Path) -> None:
-    with fake_server(tmp_path, max_queue=10) as bg, Client(bg.config.socket) as c:
+def test_overloaded() -> None:
+    with Runtime(thread=True, max_queue=10) as bg, Client(bg.socket) as c:
         with pytest.raises(Overloaded) as info:
             c.embed(E5, ["x"] * 11)
         assert info.value.hint
@@ -231,74 +230,29 @@ def test_overloaded(tmp_path: Path) -> None:
         assert c.stats()["models"][E5]["overloaded"] == 1
 
 
-def test_socket_and_directory_permissions(tmp_path: Path) -> None:
-    with fake_server(tmp_path) as bg:
-        sock_path = Path(bg.config.socket)
+def test_socket_and_directory_permissions() -> None:
+    with Runtime(thread=True) as bg:
+        sock_path = Path(bg.socket)
         assert sock_path.stat().st_mode & 0o777 == 0o600
         assert sock_path.parent.stat().st_mode & 0o777 == 0o700
     assert not sock_path.exists()  # removed at shutdown
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_socket_owner_may_connect_and_nobody_else(tmp_path: Path) -> None:
-    import pwd
-
+def test_socket_owner_may_connect_and_nobody_else() -> None:
     owner = pwd.getpwnam("nobody")
-    # pytest's tmp_path sits under a root-only folder: use one others may traverse
-    base = Path(tempfile.mkdtemp(prefix="pglocalai-test-"))
-    base.chmod(0o711)
-    try:
-        _check_owner_access(base, owner)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _check_owner_access(base: Path, owner: Any) -> None:
-    import pwd
-
-    with fake_server(base, socket_owner="nobody") as bg:
-        path = bg.config.socket
-        assert os.stat(path).st_uid == owner.pw_uid
-        assert os.stat(os.path.dirname(path)).st_uid == owner.pw_uid
-        assert _connect_as(path, owner.pw_uid, owner.pw_gid) == 0
-        other = pwd.getpwnam("postgres") if _has_user("postgres") else pwd.getpwnam("daemon")
-        assert _connect_as(path, other.pw_uid, other.pw_gid) == 13  # EACCES
-
-
-def _has_user(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
-
-
-def _connect_as(path: str, uid: int, gid: int) -> int:
-    """0 if a process running as uid:gid can connect, else the errno it got."""
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            try:
-                Client(path).health()
-                code = 0
-            except RuntimeUnavailable as exc:
-                code = 13 if "permission" in (exc.detail or "") else 98
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    with Runtime(thread=True, socket_owner="nobody") as bg:
+        assert os.stat(bg.socket).st_uid == owner.pw_uid
+        assert os.stat(os.path.dirname(bg.socket)).st_uid == owner.pw_uid
+        assert connect_as(bg.socket, "nobody") == 0
+        assert connect_as(bg.socket, "postgres") == 13  # EACCES
 
 
 def test_tcp_on_loopback_requires_the_secret(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("s3cret-s3cret-s3cret\n")
     secret_file.chmod(0o600)
-    with fake_server(tmp_path, tcp="127.0.0.1:0", secret_file=str(secret_file)) as bg:
+    with Runtime(thread=True, tcp="127.0.0.1:0", secret_file=str(secret_file)) as bg:
         address = f"tcp://127.0.0.1:{bg.server.tcp_port()}"
         with Client(address, secret="s3cret-s3cret-s3cret") as c:
             assert len(c.embed(E5, ["over tcp"])[0]) == 384
@@ -313,5 +267,5 @@ def test_tcp_on_loopback_requires_the_secret(tmp_path: Path) -> None:
         reply = read_frame(raw)
         assert reply is not None and "authentication required" in reply.header["message"]
         assert read_frame(raw) is None
-        with Client(bg.config.socket) as c:  # the Unix socket needs no secret
+        with Client(bg.socket) as c:  # the Unix socket needs no secret
             assert c.health()["status"] == "ok"

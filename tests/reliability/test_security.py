@@ -14,7 +14,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,45 +21,25 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
-from reliability_support import (
+from support import (
     E5,
     MINILM,
     ROOT,
     Runtime,
+    cli,
     connect,
-    required,
-    setting,
+    connect_as,
 )
 
 from pglocalai import protocol
 from pglocalai.client import Client
-from pglocalai.errors import BadRequest, RuntimeUnavailable
+from pglocalai.errors import BadRequest
 
 SECRET = "a-shared-secret-of-32-characters"
 
 
 def postgres_uid() -> int:
     return pwd.getpwnam("postgres").pw_uid
-
-
-def connect_as(path: str, user: str) -> int:
-    """0 when a process of ``user`` can talk to the runtime at ``path``, else an errno."""
-    entry = pwd.getpwnam(user)
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
-            try:
-                Client(path, connect_timeout=5).health()
-                code = 0
-            except RuntimeUnavailable as exc:
-                code = 13 if "permission denied" in (exc.detail or "") else 98
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def check_private_folder(folder: Path) -> None:
@@ -75,13 +54,9 @@ def check_private_folder(folder: Path) -> None:
         assert not (pinfo.st_mode & stat.S_IWOTH and not pinfo.st_mode & stat.S_ISVTX), parent
 
 
-@pytest.mark.pg
-def test_the_deployed_sockets_are_reachable_by_postgres_only(pg_params: dict[str, str]) -> None:
-    runtime_socket, pg_socket_dir = setting("PGLOCALAI_SOCKET"), setting("PGHOST")
-    if not runtime_socket or not pg_socket_dir:
-        if required():
-            pytest.fail("no .run/env (run: make up)")
-        pytest.skip("no .run/env: the deployment of make up is not running")
+def test_the_deployed_sockets_are_reachable_by_postgres_only(pg_db: dict[str, str],
+                                                            deployed_socket: str) -> None:
+    runtime_socket, pg_socket_dir = deployed_socket, pg_db["host"]
     sock = Path(runtime_socket)
     check_private_folder(sock.parent)
     info = sock.stat()
@@ -91,7 +66,7 @@ def test_the_deployed_sockets_are_reachable_by_postgres_only(pg_params: dict[str
     assert connect_as(runtime_socket, "nobody") == 13  # EACCES
     # the cluster: a private socket folder and no TCP listener at all
     check_private_folder(Path(pg_socket_dir))
-    with connect(pg_params) as conn:
+    with connect(pg_db) as conn:
         assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
         assert conn.execute("SHOW unix_socket_permissions").fetchone() == ("0700",)
     # the runtime holds no network socket: it listens on its Unix socket only
@@ -102,12 +77,11 @@ def test_the_deployed_sockets_are_reachable_by_postgres_only(pg_params: dict[str
             assert psutil.Process(pid).net_connections(kind="inet") == []
 
 
-@pytest.mark.pg
 def test_a_plain_role_pointing_at_a_socket_that_is_not_a_runtime_gets_a_clear_error(
-        pg_params: dict[str, str]) -> None:
+        pg_db: dict[str, str]) -> None:
     """Any role may SET the socket; a trusted socket of another service (the cluster's own)
     only yields an error in that role's session, at once."""
-    with connect(pg_params) as conn:
+    with connect(pg_db) as conn:
         pg_socket = conn.execute("SELECT current_setting('unix_socket_directories') || '/.s.PGSQL.'"
                                  " || current_setting('port')").fetchone()[0]
         role = f"reliability_probe_{os.getpid()}"
@@ -149,6 +123,8 @@ def secret_file(folder: Path, text: str = SECRET, mode: int = 0o600) -> str:
 
 
 START_REFUSALS: dict[str, tuple[Any, str]] = {
+    "any ipv4 address": (lambda d: ["--tcp", "0.0.0.0:0", "--secret-file", secret_file(d)],
+                         "refusing to listen on non-loopback address 0.0.0.0"),
     "any ipv6 address": (lambda d: ["--tcp", "[::]:0", "--secret-file", secret_file(d)],
                          "refusing to listen on non-loopback address ::"),
     "this machine's address": (lambda d: ["--tcp", f"{own_address()}:0", "--secret-file",
@@ -164,14 +140,14 @@ START_REFUSALS: dict[str, tuple[Any, str]] = {
 }
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("case", sorted(START_REFUSALS))
 def test_tcp_is_refused_at_start_unless_loopback_with_a_secret(case: str) -> None:
     make_args, message = START_REFUSALS[case]
-    rt = Runtime(engine="fake")
+    rt = Runtime(socket_owner="postgres")
     try:
-        rt.extra = make_args(rt.base)
-        out = subprocess.run(rt.command(), capture_output=True, text=True, timeout=120,
-                             env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+        rt.args = make_args(rt.base)
+        out = rt.run()
         assert out.returncode == 2, (out.returncode, out.stderr)  # not restarted either
         assert message in out.stderr
         assert not Path(rt.socket).exists()  # nothing left behind
@@ -180,24 +156,25 @@ def test_tcp_is_refused_at_start_unless_loopback_with_a_secret(case: str) -> Non
         rt.remove()
 
 
+@pytest.mark.runtime
 def test_a_taken_tcp_port_fails_the_start_and_leaves_no_socket() -> None:
-    rt = Runtime(engine="fake")
+    rt = Runtime(socket_owner="postgres")
     with socket.create_server(("127.0.0.1", 0)) as taken:
         try:
             port = taken.getsockname()[1]
-            rt.extra = ["--tcp", f"127.0.0.1:{port}", "--secret-file", secret_file(rt.base)]
-            out = subprocess.run(rt.command(), capture_output=True, text=True, timeout=120,
-                                 env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+            rt.args = ["--tcp", f"127.0.0.1:{port}", "--secret-file", secret_file(rt.base)]
+            out = rt.run()
             assert out.returncode == 2 and "address already in use" in out.stderr.lower()
             assert not Path(rt.socket).exists() and not Path(f"{rt.socket}.lock").exists()
         finally:
             rt.remove()
 
 
-def test_tcp_serves_only_on_loopback_and_only_with_the_secret(store: Path) -> None:
-    rt = Runtime(store=store, extra=["--preload", E5])
+@pytest.mark.runtime
+def test_tcp_serves_only_on_loopback_and_only_with_the_secret(model_store: Path) -> None:
+    rt = Runtime(model=True, store=model_store, socket_owner="postgres", preload=E5)
     try:
-        rt.extra += ["--tcp", "127.0.0.1:0", "--secret-file", secret_file(rt.base)]
+        rt.args += ["--tcp", "127.0.0.1:0", "--secret-file", secret_file(rt.base)]
         proc = rt.start().process()
         listening = [c for c in proc.net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN]
@@ -224,16 +201,19 @@ def test_tcp_serves_only_on_loopback_and_only_with_the_secret(store: Path) -> No
 # -- no network -----------------------------------------------------------------------------------
 
 
-def test_the_runtime_serves_without_any_network(pg_params: dict[str, str], store: Path) -> None:
+@pytest.mark.runtime
+def test_the_runtime_serves_without_any_network(pg_db: dict[str, str],
+                                               model_store: Path) -> None:
     probe = subprocess.run(["unshare", "-n", "--", "true"], capture_output=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {probe.stderr!r}")
-    rt = Runtime(store=store, wrapper=["unshare", "-n", "--"], extra=["--preload", "all"])
+    rt = Runtime(model=True, store=model_store, wrapper=["unshare", "-n", "--"], preload="all",
+                 socket_owner="postgres")
     try:
         proc = rt.start().process()
         # it runs in a namespace of its own, where only a down loopback exists
         assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-        with connect(pg_params, rt.socket) as conn:
+        with connect(pg_db, rt.socket) as conn:
             for uri in (E5, MINILM):
                 assert conn.execute("SELECT array_length(azure_local_ai.create_embeddings(%s,"
                                     " 'no network needed'), 1)", (uri,)).fetchone() == (384,)
@@ -252,7 +232,7 @@ def snapshot(root: Path) -> list[tuple[str, int, int]]:
                   for p in root.rglob("*"))
 
 
-def test_model_installation_and_removal_are_refused_to_other_users(store: Path) -> None:
+def test_model_installation_and_removal_are_refused_to_other_users(model_store: Path) -> None:
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None or shutil.which("runuser") is None:
         pytest.fail("needs the system python3 and runuser")
@@ -266,7 +246,7 @@ def test_model_installation_and_removal_are_refused_to_other_users(store: Path) 
         folder = models / MINILM.replace(":", "@")
         folder.mkdir(parents=True)
         for name in ("metadata.json", "tokenizer.json"):  # enough to list and to remove
-            shutil.copyfile(store / folder.name / name, folder / name)
+            shutil.copyfile(model_store / folder.name / name, folder / name)
         for path in [base, *base.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         before = snapshot(models)
@@ -289,10 +269,7 @@ def test_model_installation_and_removal_are_refused_to_other_users(store: Path) 
         listed = as_nobody("list")
         assert listed.returncode == 0 and MINILM in listed.stdout
         # and the owner may change the store (the refusal above is about the user)
-        owner = subprocess.run(
-            [sys.executable, "-m", "pglocalai.cli.main", "model", "remove", MINILM,
-             "--models-dir", str(models)], capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+        owner = cli("model", "remove", MINILM, "--models-dir", str(models))
         assert owner.returncode == 0, owner.stderr
         assert not folder.exists()
     finally:

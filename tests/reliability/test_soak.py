@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import psycopg
 import pytest
-from reliability_support import E5, ROOT, connect, mib, required, setting, wait_until
+from support import E5, ROOT, connect, mib, wait_until
 
 from pglocalai.client import Client
 
@@ -110,18 +110,15 @@ class Session(threading.Thread):
             self.errors.append(f"session: {exc}")
 
 
-def test_soak_of_16_sessions(pg_params: dict[str, str], figures: dict[str, Any]) -> None:
-    socket_path = setting("PGLOCALAI_SOCKET")
-    if not socket_path:
-        if required():
-            pytest.fail("PGLOCALAI_SOCKET is not set and there is no .run/env (run: make up)")
-        pytest.skip("the runtime of make up is not known (no .run/env)")
+def test_soak_of_16_sessions(pg_db: dict[str, str], deployed_socket: str,
+                            figures: dict[str, Any]) -> None:
+    socket_path = deployed_socket
     with Client(socket_path) as client:
         runtime = psutil.Process(int(client.health()["pid"]))
     fds_before = runtime.num_fds()
     started = time.monotonic()
     deadline = started + SOAK_SECONDS
-    sessions = [Session(pg_params, seed, deadline) for seed in range(SESSIONS)]
+    sessions = [Session(pg_db, seed, deadline) for seed in range(SESSIONS)]
     for s in sessions:
         s.start()
     time.sleep(max(0.0, started + WARMUP_SECONDS - time.monotonic()))

@@ -1,0 +1,44 @@
+"""Memory readings of processes, for tests that bound what a call may cost."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+import psutil
+
+
+def private_bytes(proc: psutil.Process) -> int:
+    """Memory only this process holds (USS): a backend's RSS also counts shared buffers."""
+    return int(proc.memory_full_info().uss)
+
+
+def mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class PeakSampler:
+    """Samples a memory reading of some processes in a thread; ``peaks`` holds the maxima."""
+
+    def __init__(self, readers: dict[str, Callable[[], int]], interval: float = 0.1) -> None:
+        self.readers = readers
+        self.interval = interval
+        self.peaks = {name: 0 for name in readers}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, read in self.readers.items():
+                with contextlib.suppress(psutil.Error):
+                    self.peaks[name] = max(self.peaks[name], read())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
