@@ -2,10 +2,8 @@
 
 What pg_regress (extension/test) cannot show: statement_timeout and pg_cancel_backend
 stopping a call that waits for the runtime, parallel queries, a runtime restart under a
-live session, and the bootstrap's refusals. Connection parameters come from the
-environment (PGHOST, PGPORT, PGUSER, PGDATABASE) or from .run/env as `make up` writes
-it. Without a server these tests are skipped, unless CI or PGLOCALAI_REQUIRE_PG is set:
-then they fail, since `make test` always starts one.
+live session, and the bootstrap's refusals. The sessions run in the throwaway database
+of the ``pg_db`` fixture (tests/conftest.py).
 
 Some tests start runtimes of their own (fake engine, optionally slow) and point a
 session at them with SET azure_local_ai.runtime_socket.

@@ -31,9 +31,8 @@ MARKERS = {
 _current_marks: set[str] | None = None
 
 
-def run_env() -> dict[str, str]:
+def run_env(env_file: Path = ROOT / ".run" / "env") -> dict[str, str]:
     """The variables `make up` wrote into .run/env (empty when it did not run)."""
-    env_file = ROOT / ".run" / "env"
     values: dict[str, str] = {}
     if env_file.exists():
         for line in env_file.read_text().splitlines():
