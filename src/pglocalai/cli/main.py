@@ -22,6 +22,7 @@ from pglocalai.errors import PglocalaiError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pglocalai.cli.install import add_install_parser  # noqa: PLC0415
     from pglocalai.cli.models import add_model_parser  # noqa: PLC0415 - keep start-up light
     from pglocalai.cli.service import add_service_parser  # noqa: PLC0415
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_model_parser(sub)
     add_service_parser(sub)
+    add_install_parser(sub)
     return parser
 
 

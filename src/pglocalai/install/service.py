@@ -1,0 +1,193 @@
+"""Run the installed runtime as the cluster's owner: a systemd unit where systemd runs,
+else the project's supervisor (``pglocalai serve --daemon --supervise``) started through
+``runuser``. In both, no runtime process ever runs as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pglocalai.errors import PglocalaiError
+from pglocalai.install import STATE_ROOT, InstallError, fsops
+
+UNIT_DIR = Path("/etc/systemd/system")
+
+
+def systemd_runs() -> bool:
+    """sd_booted(): systemd is PID 1 (a container or a chroot often has no systemd)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+@dataclass(frozen=True)
+class RuntimeService:
+    """The runtime of one cluster: where it listens, keeps state and finds its code."""
+
+    cluster_id: str  # 15-main
+    user: str
+    group: str
+    venv: Path
+    models_dir: Path
+
+    @property
+    def socket_dir(self) -> Path:
+        return Path(f"/run/pglocalai-{self.cluster_id}")
+
+    @property
+    def socket(self) -> str:
+        return str(self.socket_dir / "pglocalai.sock")
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(STATE_ROOT) / "clusters" / self.cluster_id
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "runtime.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "runtime.log"
+
+    @property
+    def unit_name(self) -> str:
+        return f"pglocalai-{self.cluster_id}.service"
+
+    @property
+    def unit_path(self) -> Path:
+        return UNIT_DIR / self.unit_name
+
+    def serve_args(self) -> list[str]:
+        return [str(self.venv / "bin" / "pglocalai"), "serve", "--socket", self.socket,
+                "--state-dir", str(self.state_dir), "--models-dir", str(self.models_dir)]
+
+    # -- systemd --------------------------------------------------------------------------
+
+    def unit_text(self) -> str:
+        version, _, name = self.cluster_id.partition("-")
+        return f"""\
+# Written by `pglocalai install` for PostgreSQL cluster {version}/{name}; removed by
+# `pglocalai uninstall`. The runtime runs as the cluster's owner: its socket (0600, in a
+# 0700 folder systemd creates for that user) is reachable by the server and no one else.
+[Unit]
+Description=pglocalai embedding runtime for PostgreSQL {version}/{name}
+Before=postgresql@{self.cluster_id}.service
+# a runtime that keeps failing is given up on, not restarted forever
+StartLimitIntervalSec=300
+StartLimitBurst=5
+
+[Service]
+Type=simple
+User={self.user}
+Group={self.group}
+RuntimeDirectory=pglocalai-{self.cluster_id}
+RuntimeDirectoryMode=0700
+StateDirectory=pglocalai/clusters/{self.cluster_id}
+StateDirectoryMode=0700
+Environment=PGLOCALAI_LOG_FORMAT=json
+ExecStart={" ".join(self.serve_args())}
+KillSignal=SIGTERM
+TimeoutStopSec=30
+Restart=on-failure
+RestartSec=2
+# exit code 2 is a configuration error (or another runtime on the socket): do not loop
+RestartPreventExitStatus=2
+UMask=0077
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=strict
+ProtectHome=yes
+RestrictAddressFamilies=AF_UNIX
+IPAddressDeny=any
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+    def systemd_start(self) -> None:
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        subprocess.run(["systemctl", "enable", "--now", self.unit_name], check=True,
+                       capture_output=True)
+
+    def systemd_restart(self) -> None:
+        subprocess.run(["systemctl", "restart", self.unit_name], check=True)
+
+    def systemd_stop(self) -> None:
+        subprocess.run(["systemctl", "disable", "--now", self.unit_name], check=False,
+                       capture_output=True)
+
+    # -- the project's supervisor ---------------------------------------------------------
+
+    def supervisor_start(self) -> None:
+        """Start ``serve --daemon --supervise`` as the owner; returns once it answers."""
+        fsops.check_trusted_dir(self.socket_dir.parent)  # /run: only root may write there
+        fsops.make_private_dir(self.socket_dir, self._ids())
+        fsops.make_private_dir(self.state_dir, self._ids())
+        env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+               f"HOME={self.state_dir}", "PGLOCALAI_LOG_FORMAT=json"]
+        cmd = ["runuser", "-u", self.user, "--", *env, *self.serve_args(), "--daemon",
+               "--supervise", "--pidfile", str(self.pidfile), "--log-file", str(self.log_file)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd="/")
+        if done.returncode != 0:
+            raise InstallError("the runtime did not start",
+                               detail=(done.stderr or done.stdout).strip()[-2000:],
+                               hint=f"see {self.log_file}")
+
+    def supervisor_pid(self) -> int | None:
+        """The supervisor's pid, if that process is alive, is pglocalai and runs as the user."""
+        data = fsops.read_file(self.pidfile)
+        if not data or not data.strip().isdigit():
+            return None
+        pid = int(data.strip())
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            owner = Path(f"/proc/{pid}").stat().st_uid
+        except OSError:
+            return None
+        return pid if b"pglocalai" in cmdline and owner == self._ids()[0] else None
+
+    def supervisor_stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM the supervisor (it stops its child); True if one was running."""
+        pid = self.supervisor_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return True
+
+    # -- either -----------------------------------------------------------------------------
+
+    def answers(self) -> bool:
+        from pglocalai.client import Client  # noqa: PLC0415
+
+        try:
+            with Client(self.socket, connect_timeout=2.0) as client:
+                client.health()
+            return True
+        except PglocalaiError:
+            return False
+
+    def wait_answering(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if time.monotonic() > deadline:
+                raise InstallError(f"the runtime does not answer on {self.socket}",
+                                   hint=f"see {self.log_file} or journalctl -u "
+                                        f"{self.unit_name}")
+            time.sleep(0.2)
+
+    def _ids(self) -> tuple[int, int]:
+        import grp  # noqa: PLC0415
+        import pwd  # noqa: PLC0415
+
+        return pwd.getpwnam(self.user).pw_uid, grp.getgrnam(self.group).gr_gid
