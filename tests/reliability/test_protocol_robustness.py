@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from support import E5, Runtime, mib, wait_until
+from support import E5, Repeating, Runtime, mib, wait_until
 
 from pglocalai import protocol
 from pglocalai.client import Client
@@ -107,38 +107,32 @@ def storm(sock_path: str, frames: int, seed: int) -> None:
                 pass  # the runtime closes a stream that is out of step
 
 
-class Witness:
+class Witness(Repeating):
     """A well-behaved client that embeds in a loop and checks every vector."""
 
+    interval = 0.02
+
     def __init__(self, sock_path: str) -> None:
+        super().__init__()
         self.client = Client(sock_path)
         self.expected = np.asarray(self.client.embed(E5, [WITNESS_TEXT])[0])
         self.calls = 0
         self.errors: list[str] = []
         self.slowest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                vec = np.asarray(self.client.embed(E5, [WITNESS_TEXT], timeout_ms=30_000)[0])
-                if float(vec @ self.expected) < 0.999:
-                    self.errors.append(f"wrong vector (cosine {float(vec @ self.expected)})")
-                self.calls += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is a finding
-                self.errors.append(repr(exc))
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> Witness:
-        self._thread.start()
-        return self
+    def step(self) -> None:
+        started = time.monotonic()
+        try:
+            vec = np.asarray(self.client.embed(E5, [WITNESS_TEXT], timeout_ms=30_000)[0])
+            if float(vec @ self.expected) < 0.999:
+                self.errors.append(f"wrong vector (cosine {float(vec @ self.expected)})")
+            self.calls += 1
+        except Exception as exc:  # noqa: BLE001 - every failure is a finding
+            self.errors.append(repr(exc))
+        self.slowest = max(self.slowest, time.monotonic() - started)
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
+        super().__exit__(*exc)
         self.client.close()
 
 

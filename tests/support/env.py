@@ -147,3 +147,33 @@ def run_threads(target: Callable[[int], object], count: int) -> list[BaseExcepti
     for t in threads:
         t.join()
     return errors
+
+
+class Repeating:
+    """Calls ``step()`` every ``interval`` seconds in a thread while the block runs.
+
+    >>> with Sampler() as s:   # a subclass that defines step()
+    ...     work()
+    """
+
+    interval = 0.1
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Repeating:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 
 import psutil
+
+from support.env import Repeating
 
 
 def private_bytes(proc: psutil.Process) -> int:
@@ -18,27 +19,16 @@ def mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-class PeakSampler:
+class PeakSampler(Repeating):
     """Samples a memory reading of some processes in a thread; ``peaks`` holds the maxima."""
 
     def __init__(self, readers: dict[str, Callable[[], int]], interval: float = 0.1) -> None:
+        super().__init__()
         self.readers = readers
         self.interval = interval
         self.peaks = {name: 0 for name in readers}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, read in self.readers.items():
-                with contextlib.suppress(psutil.Error):
-                    self.peaks[name] = max(self.peaks[name], read())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def step(self) -> None:
+        for name, read in self.readers.items():
+            with contextlib.suppress(psutil.Error):
+                self.peaks[name] = max(self.peaks[name], read())
