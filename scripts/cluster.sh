@@ -12,10 +12,17 @@
 # Access control is the socket folder: it belongs to postgres with mode 0700, so only postgres
 # and root can reach the server, which is why local connections may use trust.
 #
-# The runtime (`pglocalai serve`) runs as root from the project's .venv: it must read the venv and
-# the model store, which may sit under a folder only root can enter. Its socket
-# (/run/pglocalai/pglocalai.sock, or PGLOCALAI_SOCKET) lives in a folder owned by postgres with
-# mode 0700, so the server's processes can connect and other users cannot.
+# The runtime (`pglocalai serve --supervise`) runs as postgres, never as root. The checkout's
+# .venv and .run/models may sit where postgres cannot read (root's home is 0700, and the .venv's
+# interpreter may live there too), so the runtime gets its own, next to the cluster:
+#   <cluster root>/venv      a virtual environment built with /usr/bin/python3, holding this
+#                            checkout's package (non-editable) and the pins of pyproject.toml
+#   <cluster root>/models    the models of .run/models (hard links where possible)
+#   <cluster root>/runtime   its state (settings.json), pidfile and log: postgres's, mode 0700
+# `pglocalai runtime-env` refreshes the first two when the sources or models changed (and this
+# script then restarts a runtime it had started). The socket (/run/pglocalai/pglocalai.sock, or
+# PGLOCALAI_SOCKET) lives in a folder owned by postgres with mode 0700, so the server's
+# processes can connect and other users cannot.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,8 +31,8 @@ PGPORT="${PGLOCALAI_PGPORT:-55432}"
 RUNTIME_SOCKET="${PGLOCALAI_SOCKET:-/run/pglocalai/pglocalai.sock}"
 export PGLOCALAI_HOME="${PGLOCALAI_HOME:-$RUN_DIR}"
 PGLOCALAI="$REPO_ROOT/.venv/bin/pglocalai"
-RUNTIME_PIDFILE="$RUN_DIR/runtime.pid"
-RUNTIME_LOG="$RUN_DIR/log/runtime.log"
+# where runtimes started by root kept their pidfile before the runtime ran as postgres
+LEGACY_PIDFILE="$RUN_DIR/runtime.pid"
 ENV_FILE="$RUN_DIR/env"
 # Records where the cluster lives, so that down and status find it whatever changed since.
 CLUSTER_RECORD="$RUN_DIR/cluster-root"
@@ -60,6 +67,11 @@ set_cluster_paths() {
     PGDATA_DIR="$CLUSTER_ROOT/data"
     PG_SOCKET_DIR="$CLUSTER_ROOT/socket"
     PG_LOG="$PGDATA_DIR/log/postgresql.log"
+    RUNTIME_VENV="$CLUSTER_ROOT/venv"
+    RUNTIME_MODELS="$CLUSTER_ROOT/models"
+    RUNTIME_DIR="$CLUSTER_ROOT/runtime"
+    RUNTIME_PIDFILE="$RUNTIME_DIR/runtime.pid"
+    RUNTIME_LOG="$RUNTIME_DIR/runtime.log"
 }
 
 # For down and status: the port and runtime socket that `up` wrote into pglocalai.conf, unless
@@ -163,6 +175,21 @@ pg_down() {
 
 # --- the runtime --------------------------------------------------------------------------------
 
+# A folder handed to postgres with mode 0700. Root changes it by path, so its parent must be a
+# folder only root can write (nobody can swap the name for a link), and it must not be a link.
+private_dir() {
+    local dir="$1" parent
+    parent="$(dirname "$dir")"
+    [[ -d $parent && ! -L $parent ]] || install -d -m 0755 "$parent"
+    [[ $(stat -c '%u' "$parent") == 0 && $(( 8#$(stat -c '%a' "$parent") & 8#022 )) == 0 ]] ||
+        die "refusing to hand $dir to postgres: $parent is not a folder only root can write"
+    [[ ! -L $dir ]] || die "$dir is a symbolic link" "remove it"
+    install -d -m 0700 -o postgres -g postgres "$dir"
+    # install -d leaves an existing folder's mode alone: enforce it
+    chown -h postgres:postgres "$dir"
+    chmod 0700 "$dir"
+}
+
 # The socket's folder is handed to postgres with mode 0700, so it must be one of our own.
 prepare_runtime_dir() {
     local dir
@@ -173,10 +200,24 @@ prepare_runtime_dir() {
                 "set PGLOCALAI_SOCKET to a path such as /run/pglocalai/pglocalai.sock"
             ;;
     esac
-    install -d -m 0700 -o postgres -g postgres "$dir"
-    # install -d leaves an existing folder's mode alone: enforce it
-    chown postgres:postgres "$dir"
-    chmod 0700 "$dir"
+    private_dir "$dir"
+    private_dir "$RUNTIME_DIR"
+}
+
+# The runtime's own environment and model store (see the top of this file). Prints "changed"
+# when something was installed, so that a running runtime of ours is restarted.
+runtime_env() {
+    local before after
+    before="$(runtime_fingerprint)"
+    "$PGLOCALAI" runtime-env --venv "$RUNTIME_VENV" --models-dir "$RUNTIME_MODELS" \
+        --models-from "$PGLOCALAI_HOME/models" --link >&2
+    after="$(runtime_fingerprint)"
+    [[ $before == "$after" ]] || echo changed
+}
+
+runtime_fingerprint() {
+    cat "$RUNTIME_VENV/.pglocalai-runtime.json" "$RUNTIME_MODELS"/*/metadata.json 2>/dev/null |
+        sha256sum
 }
 
 runtime_answers() {
@@ -184,12 +225,19 @@ runtime_answers() {
 }
 
 # The pid in the pidfile, if that process is alive and is a pglocalai process (not a reused pid).
+# The pidfile sits in postgres's folder: a link there is not followed.
 runtime_pid() {
-    [[ -s $RUNTIME_PIDFILE ]] || return 1
-    local pid
-    pid="$(tr -dc '0-9' <"$RUNTIME_PIDFILE")"
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q pglocalai && echo "$pid"
+    local file pid
+    for file in "$RUNTIME_PIDFILE" "$LEGACY_PIDFILE"; do
+        [[ -s $file && ! -L $file ]] || continue
+        pid="$(tr -dc '0-9' <"$file")"
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+            tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q pglocalai; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
 }
 
 # Check, don't assume: the server's processes run as postgres and must be able to connect.
@@ -212,6 +260,17 @@ print(json.load(sys.stdin)["health"].get("supervisor_pid") or "")'
 
 runtime_up() {
     prepare_runtime_dir
+    local changed pid
+    changed="$(runtime_env)"
+    if pid="$(runtime_pid)"; then
+        if [[ -n $changed ]]; then
+            log "the runtime's code or models changed: restarting it"
+            runtime_down
+        elif ! runtime_answers; then
+            log "the runtime this checkout started (pid $pid) does not answer: restarting it"
+            runtime_down
+        fi
+    fi
     if runtime_answers; then
         # One runtime per host: one started from another checkout (other code, other model
         # store) must not silently serve this one's cluster and tests.
@@ -225,9 +284,9 @@ runtime_up() {
         log "runtime already answering on $RUNTIME_SOCKET"
     else
         [[ -x $PGLOCALAI ]] || die "$PGLOCALAI not found" "run: make venv"
-        mkdir -p "$(dirname "$RUNTIME_LOG")"
-        log "starting the runtime on $RUNTIME_SOCKET (log $RUNTIME_LOG, models $PGLOCALAI_HOME/models)"
-        "$PGLOCALAI" serve --daemon --supervise --socket "$RUNTIME_SOCKET" --socket-owner postgres \
+        log "starting the runtime as postgres on $RUNTIME_SOCKET (log $RUNTIME_LOG, models $RUNTIME_MODELS)"
+        as_postgres "$RUNTIME_VENV/bin/pglocalai" serve --daemon --supervise \
+            --socket "$RUNTIME_SOCKET" --state-dir "$RUNTIME_DIR" --models-dir "$RUNTIME_MODELS" \
             --pidfile "$RUNTIME_PIDFILE" --log-file "$RUNTIME_LOG"
         local waited=0
         until runtime_answers; do
@@ -240,6 +299,18 @@ runtime_up() {
         done
     fi
     check_postgres_can_connect
+    worker_up
+}
+
+# HOOK(vectorizer): the vectorizer worker (`pglocalai worker`, issue 13) will be started here,
+# as postgres from "$RUNTIME_VENV/bin/pglocalai", with its pidfile and log in $RUNTIME_DIR, and
+# stopped in worker_down. Until that command exists, there is nothing to start.
+worker_up() {
+    :
+}
+
+worker_down() {
+    :
 }
 
 runtime_down() {
@@ -257,7 +328,7 @@ runtime_down() {
             sleep 0.1
             waited=$((waited + 1))
         done
-        rm -f "$RUNTIME_PIDFILE"
+        rm -f "$RUNTIME_PIDFILE" "$LEGACY_PIDFILE"
     else
         log "runtime not running (no live pid in $RUNTIME_PIDFILE)"
     fi
@@ -346,6 +417,7 @@ cmd_down() {
     require_root
     set_cluster_paths "$(cluster_root)"
     load_recorded_settings
+    worker_down
     runtime_down
     pg_down
 }

@@ -2,8 +2,8 @@
 # Install the azure_local_ai extension into the PostgreSQL server of this machine:
 #   1. the SQL files and control file, with PGXS (extension/Makefile);
 #   2. the standard-library-only part of the pglocalai package that PL/Python imports, into
-#      /usr/local/lib/pglocalai/<version>/pglocalai/ (the default of the GUC
-#      azure_local_ai.python_lib_dir is /usr/local/lib/pglocalai).
+#      /usr/local/lib/pglocalai/<v>/pglocalai/ for every extension version v the package serves
+#      (the default of the GUC azure_local_ai.python_lib_dir is /usr/local/lib/pglocalai).
 #
 # Why a copy and not the repository: PL/Python runs inside the server as the postgres user with
 # Debian's python3, and the repository may sit where that user cannot read (root's home is 0700).
@@ -13,8 +13,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON_LIB_ROOT="${PGLOCALAI_PYTHON_LIB_ROOT:-/usr/local/lib/pglocalai}"
-# The modules PL/Python may import: they import nothing outside the standard library.
-SERVER_MODULES=(__init__.py errors.py protocol.py client.py)
 
 install_sql() {
     local pg_config="$1"
@@ -26,40 +24,19 @@ install_sql() {
     make -s -C "$REPO_ROOT/extension" install PG_CONFIG="$pg_config" >/dev/null
 }
 
-package_version() {
-    sed -n 's/^__version__ *= *"\(.*\)"/\1/p' "$REPO_ROOT/src/pglocalai/__init__.py"
-}
-
-# Copy into a fresh folder next to the target, then swap it in, so that a backend starting
-# meanwhile sees either the old or the new files, never a mix, and removed files go away.
+# The same code as `pglocalai install` (src/pglocalai/install/serverlib.py), run with the server's
+# interpreter: it copies the modules into a fresh folder per extension version
+# (pglocalai.EXTENSION_VERSIONS), byte-compiles them and swaps each folder in whole, so a backend
+# starting meanwhile sees the old files or the new ones, never a mix. Prints the folders.
 install_python() {
-    local version src target staging old module
-    version="$(package_version)"
-    [[ -n $version ]] || die "no __version__ in src/pglocalai/__init__.py"
-    src="$REPO_ROOT/src/pglocalai"
-    target="$PYTHON_LIB_ROOT/$version"
-    staging="$target.new.$$"
-    old="$target.old.$$"
-
-    umask 022
-    rm -rf "$staging"
-    mkdir -p "$staging/pglocalai"
-    for module in "${SERVER_MODULES[@]}"; do
-        [[ ! -f $src/$module ]] || install -m 0644 "$src/$module" "$staging/pglocalai/$module"
+    local dirs=() dir
+    mapfile -t dirs < <(umask 022 && /usr/bin/python3 -I "$REPO_ROOT/src/pglocalai/install/serverlib.py" \
+        "$PYTHON_LIB_ROOT")
+    [[ ${#dirs[@]} -gt 0 ]] || die "the server-side Python package was not installed"
+    for dir in "${dirs[@]}"; do
+        log "installed the server-side Python modules in $dir"
+        check_python_import "$(basename "$dir")"
     done
-    if [[ -d $src/pg ]]; then
-        (cd "$src" && find pg -name '*.py' -print0) | while IFS= read -r -d '' module; do
-            install -D -m 0644 "$src/$module" "$staging/pglocalai/$module"
-        done
-    fi
-    # Byte-compile with the server's Python: the postgres user cannot write __pycache__ here.
-    /usr/bin/python3 -m compileall -q "$staging" >/dev/null
-
-    if [[ -d $target ]]; then mv "$target" "$old"; fi
-    mv "$staging" "$target"
-    rm -rf "$old"
-    log "installed the server-side Python modules in $target"
-    check_python_import "$version"
 }
 
 # Check, don't assume: import the package the way PL/Python will, as the postgres user with the
