@@ -8,6 +8,8 @@
 #   Debian 13: postgresql-17, postgresql-plpython3-17, postgresql-17-pgvector, postgresql-server-dev-17
 #   Debian 12: postgresql-15, postgresql-plpython3-15, postgresql-server-dev-15, and pgvector
 #              built with PGXS from Debian's trixie source package (bookworm does not package it)
+#   PGLOCALAI_PG_MAJOR=N: the same for server N (e.g. one from PGDG), pgvector packaged or built
+# and python3-venv always (the runtime's environment is built with /usr/bin/python3).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -163,32 +165,49 @@ build_pgvector() {
     log "pgvector $version installed into PostgreSQL $major"
 }
 
+# pgvector for PostgreSQL $1: the distribution's (or PGDG's) package when apt has one, else
+# built from Debian's trixie source package (Debian 12 does not package it).
+install_pgvector() {
+    local major="$1" pg_config
+    pg_config="/usr/lib/postgresql/$major/bin/pg_config"
+    if [[ -f $("$pg_config" --sharedir)/extension/vector.control &&
+        -f $("$pg_config" --pkglibdir)/vector.so ]]; then
+        log "pgvector already installed for PostgreSQL $major"
+        return
+    fi
+    has_candidate "postgresql-$major-pgvector" || apt_update_once
+    if has_candidate "postgresql-$major-pgvector"; then
+        install_packages "postgresql-$major-pgvector"
+    else
+        install_packages dpkg-dev # unpacks the source package
+        build_pgvector "$major"
+    fi
+}
+
 main() {
     require_root
-    local version major packages=()
+    local version major
     version="$(os_version_id)"
     case "$version" in
-        13)
-            major=17
-            packages=(postgresql-17 postgresql-plpython3-17 postgresql-17-pgvector postgresql-server-dev-17)
-            ;;
-        12)
-            major=15
-            # dpkg-dev unpacks the source package for the pgvector build
-            packages=(postgresql-15 postgresql-plpython3-15 postgresql-server-dev-15 dpkg-dev)
-            ;;
+        12 | 13) ;;
         *)
             die "unsupported system: VERSION_ID=$version in /etc/os-release" \
                 "pglocalai's set-up supports Debian 12 and 13"
             ;;
     esac
+    # Debian's own server (15 on Debian 12, 17 on Debian 13), or PGLOCALAI_PG_MAJOR: the server
+    # an existing installation runs (README "Install into an existing PostgreSQL").
+    major="$(pg_major)"
+    local packages=(postgresql-"$major" postgresql-plpython3-"$major" postgresql-server-dev-"$major")
     local venv_pkg
     venv_pkg="$(venv_package)"
     [[ -z $venv_pkg ]] || packages+=("$venv_pkg")
+    # the runtime's environment is built with the system interpreter (scripts/cluster.sh)
+    is_installed python3-venv || packages+=(python3-venv)
 
     log "Debian $version: PostgreSQL $major"
     install_packages "${packages[@]}"
-    [[ $version != 12 ]] || build_pgvector "$major"
+    install_pgvector "$major"
 }
 
 main "$@"

@@ -1,0 +1,160 @@
+"""The README's "Install into an existing PostgreSQL", run as written against a throwaway
+cluster of the distribution's tools (pg_createcluster on a spare port).
+
+The blocks run verbatim with bash, except the two ``export`` lines that name the server and
+the cluster (they point at the throwaway cluster) and one variable added to the
+environment: PGLOCALAI_INSTALL_MODELS_FROM, so the model `make model` converted is copied
+rather than converted again. After the install: the runtime is not root and embeds through
+the cluster; after the uninstall: every place the install writes is as it was before, and
+pg_dropcluster leaves nothing of the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from install_support import (
+    ROOT,
+    ThrowawayCluster,
+    missing,
+    need_root_and_tools,
+    pg_major,
+)
+
+pytestmark = pytest.mark.pg
+
+SECTION = "## Install into an existing PostgreSQL"
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    section = text[start:end if end > 0 else None]
+    return re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
+def with_cluster(block: str, major: str, spec: str) -> str:
+    """The block with the server and cluster of the test; fails if the README changed them."""
+    lines = block.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("export PGLOCALAI_PG_MAJOR="):
+            lines[i] = f"export PGLOCALAI_PG_MAJOR={major}"
+        elif line.startswith("export PGLOCALAI_INSTALL_CLUSTER="):
+            lines[i] = f"export PGLOCALAI_INSTALL_CLUSTER={spec}"
+    return "\n".join(lines) + "\n"
+
+
+def run_block(block: str, env: dict[str, str], exports: str = "") -> str:
+    """Run a block as the reader's shell would, with the exports of the blocks before it."""
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", exports + block], cwd=ROOT,
+                          env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"README block failed:\n{block}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def snapshot(major: str, spec: str) -> dict[str, str]:
+    """Every place an install writes, as a path -> content digest map."""
+    sharedir = Path(subprocess.run([f"/usr/lib/postgresql/{major}/bin/pg_config", "--sharedir"],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+    version, name = spec.split("/")
+    state: dict[str, str] = {}
+    roots = [Path("/opt/pglocalai"), Path("/usr/local/lib/pglocalai"),
+             Path("/var/lib/pglocalai/models"), Path("/var/lib/pglocalai/installs"),
+             Path("/var/lib/pglocalai/clusters"), Path(f"/etc/postgresql/{version}/{name}")]
+    for root in roots:
+        paths = [root, *root.rglob("*")] if root.exists() else []
+        for path in paths:
+            if "__pycache__" in path.parts or "venv" in path.parts:
+                continue
+            state[str(path)] = _digest(path)
+    for path in sharedir.glob("extension/azure_local_ai*"):
+        state[str(path)] = _digest(path)
+    for path in [*Path("/run").glob("pglocalai-*"), *Path("/etc/systemd/system").glob(
+            "pglocalai-*")]:
+        state[str(path)] = _digest(path)
+    if Path("/var/lib/pglocalai").exists():
+        state["/var/lib/pglocalai/*"] = " ".join(sorted(os.listdir("/var/lib/pglocalai")))
+    return state
+
+
+def _digest(path: Path) -> str:
+    if path.is_symlink():
+        return "link:" + os.readlink(path)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return "dir" if path.is_dir() else "other"
+
+
+def runtime_pids(cluster_id: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"/run/pglocalai-{cluster_id}/".encode() in cmd and b"serve" in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def uids(pid: int) -> list[int]:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if x.startswith("Uid:"))
+    return [int(x) for x in line.split()[1:]]
+
+
+def test_the_readme_install_embeds_and_the_uninstall_leaves_nothing() -> None:
+    need_root_and_tools()
+    store = ROOT / ".run" / "models"
+    if not (store / "multilingual-e5-small@v1" / "metadata.json").is_file():
+        missing(f"no converted model in {store} (make model)")
+    blocks = readme_blocks()
+    assert len(blocks) == 3, "the README section should have install, check and remove blocks"
+    assert "pglocalai install" in blocks[0] and "pglocalai uninstall" in blocks[2]
+    major = pg_major()
+    cluster = ThrowawayCluster("inst_readme")
+    cluster_id = f"{cluster.major}-{cluster.name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGLOCALAI_")}
+    env["PGLOCALAI_INSTALL_MODELS_FROM"] = str(store)
+    try:
+        before = snapshot(major, cluster.spec)
+        assert not any(k.startswith(f"/run/pglocalai-{cluster_id}") for k in before)
+
+        first = with_cluster(blocks[0], major, cluster.spec)
+        exports = "".join(x + "\n" for x in first.splitlines() if x.startswith("export "))
+        assert exports.count("export ") == 2
+        run_block(first, env)
+        conf = (cluster.configdir / "conf.d" / "pglocalai.conf").read_text()
+        assert f"/run/pglocalai-{cluster_id}/pglocalai.sock" in conf
+        pids = runtime_pids(cluster_id)
+        assert pids, "no runtime serves the installed cluster"
+        for pid in pids:
+            assert 0 not in uids(pid), f"the runtime (pid {pid}) runs as root"
+
+        out = run_block(blocks[1], env, exports)
+        assert out.split() == ["384"], out
+        # a second install changes nothing and keeps the runtime
+        run_block(first, env)
+        assert runtime_pids(cluster_id) == pids
+
+        run_block(blocks[2], env, exports)
+        assert runtime_pids(cluster_id) == []
+        after = snapshot(major, cluster.spec)
+        assert {k: v for k, v in after.items() if after.get(k) != before.get(k)} == {}
+        assert {k: v for k, v in before.items() if k not in after} == {}
+    finally:
+        cluster.drop()
+        if Path(f"/var/lib/pglocalai/installs/{cluster_id}.json").exists():
+            subprocess.run([str(ROOT / ".venv/bin/pglocalai"), "uninstall", "--force",
+                            "--cluster", cluster.spec], check=False, capture_output=True)
+    assert not cluster.configdir.exists() and not cluster.datadir.exists()
+    listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
+                            check=True).stdout
+    assert cluster.name not in listed
