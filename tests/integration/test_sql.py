@@ -304,8 +304,8 @@ def test_a_package_of_another_version_is_refused(pg_db: dict[str, str]) -> None:
                 conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'x')", (E5,))
             diag = info.value.diag
             assert diag.sqlstate == "58000"
-            assert diag.message_primary == (f"the pglocalai package is version 0.0.1, "
-                                             f"the extension is version {version}")
+            assert diag.message_primary == (f"the pglocalai package 0.0.1 does not serve "
+                                             f"version {version} of the extension")
         finally:
             shutil.rmtree(lib)
 
