@@ -4,43 +4,18 @@ distribution's tools (pg_createcluster), and running commands as root or as post
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-E5 = "multilingual-e5-small:v1"
-
-
-def run_env() -> dict[str, str]:
-    values: dict[str, str] = {}
-    env_file = ROOT / ".run" / "env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            m = re.fullmatch(r"export (\w+)='(.*)'", line.strip())
-            if m:
-                values[m.group(1)] = m.group(2)
-    return values
-
-
-def required() -> bool:
-    """Under `make test` (and CI) a missing set-up is a failure, not a skip."""
-    return bool(os.environ.get("CI") or os.environ.get("PGLOCALAI_REQUIRE_PG"))
-
-
-def missing(message: str) -> None:
-    if required():
-        pytest.fail(message + " (run: make up)")
-    pytest.skip(message)
+from support import E5 as E5  # re-exported: the install tests take them from here
+from support import ROOT as ROOT
+from support import missing, setting, wait_until
 
 
 def required_setting(name: str) -> str:
-    value = os.environ.get(name) or run_env().get(name)
+    value = setting(name)
     if not value:
         missing(f"{name} is not set and not in .run/env")
     return value or ""
@@ -106,8 +81,4 @@ class ThrowawayCluster:
 
 
 def wait_for(predicate: object, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    wait_until(predicate, timeout, what)  # type: ignore[arg-type]
