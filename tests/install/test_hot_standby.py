@@ -93,7 +93,7 @@ def test_a_streaming_standby_embeds_and_searches_and_refuses_writes() -> None:
                   f"'{E5}', 'query: wie koche ich Risotto?')::vector LIMIT 1")
         plan = standby.psql(f"SET enable_seqscan = off; EXPLAIN (COSTS OFF) {search}").stdout
         assert "docs_hnsw" in plan, plan
-        assert standby.psql(f"SET enable_seqscan = off; {search}").stdout.split() == ["2"]
+        assert standby.psql(f"SET enable_seqscan = off; {search}").stdout.split()[-1] == "2"
 
         write = standby.psql("INSERT INTO docs (id, doc) VALUES (4, 'x')", check=False)
         assert write.returncode != 0
