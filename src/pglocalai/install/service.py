@@ -165,6 +165,11 @@ WantedBy=multi-user.target
                 os.kill(pid, signal.SIGKILL)
         return True
 
+    # HOOK(vectorizer): the vectorizer worker (`pglocalai worker`, issue 13) gets a unit of its
+    # own here (pglocalai-worker-<cluster>.service, same User=, ExecStart from self.venv) and,
+    # without systemd, a supervised start like supervisor_start; the installer records both
+    # in the manifest like the runtime's. Nothing to start until that command exists.
+
     # -- either -----------------------------------------------------------------------------
 
     def answers(self) -> bool:
