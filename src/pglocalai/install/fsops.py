@@ -50,7 +50,9 @@ def check_trusted_dir(path: Path, owners: Iterable[int] = (0,)) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise InstallError(f"\"{path}\" is not a directory", detail="it may be a symbolic link",
                            hint="remove it, or choose another location")
-    if info.st_uid not in tuple(owners) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    # a sticky folder (/tmp) is fine: nobody can rename or remove root's entries in it
+    shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
+    if info.st_uid not in tuple(owners) or shared:
         raise InstallError(f"refusing to write into \"{path}\"",
                            detail=f"it belongs to uid {info.st_uid} with mode "
                                   f"{oct(stat.S_IMODE(info.st_mode))}",
