@@ -207,6 +207,23 @@ def test_the_first_childs_error_reaches_the_waiting_parent(tmp_path: Path) -> No
         assert pipe.read() == b"error: no such model\n"
 
 
+def test_a_child_that_raises_is_logged_and_reported(tmp_path: Path) -> None:
+    """An exception in the runtime (an import error after a bad upgrade) reaches the waiting
+    parent as an error line instead of vanishing with the child."""
+    read_fd, write_fd = os.pipe()
+
+    def child(ready_fd: int | None) -> int:
+        raise ModuleNotFoundError("No module named 'pglocalai.service.gone'")
+
+    code = _in_fork(lambda: daemon.supervise(child, write_fd, min_backoff=0.01,
+                                             max_backoff=0.02), close=write_fd)
+    assert code == 1
+    with os.fdopen(read_fd, "rb") as pipe:
+        report = pipe.read().decode()
+    assert report.startswith("error: the runtime failed: ModuleNotFoundError"), report
+    assert "pglocalai.service.gone" in report
+
+
 def _in_fork(body: object, close: int | None = None) -> int:
     """Run the supervisor in a child process (it installs signal handlers), its exit code."""
     pid = os.fork()

@@ -164,11 +164,18 @@ def supervise(run_child: Callable[[int | None], int], ready_fd: int | None,
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
+            # kept to report a crash: the runtime closes write_fd once it reported
+            report_fd = os.dup(write_fd)
             try:
                 os.close(read_fd)
                 if ready_fd is not None:
                     os.close(ready_fd)  # only the supervisor reports to the waiting parent
                 code = run_child(write_fd)
+            except BaseException as exc:  # an import error, a bug: logged, not lost
+                message = f"error: the runtime failed: {type(exc).__name__}: {exc}"
+                log.error("runtime_crashed", error=message, exc_info=True)
+                with contextlib.suppress(OSError):
+                    os.write(report_fd, (message.replace("\n", " ") + "\n").encode())
             finally:
                 os._exit(code)
         os.close(write_fd)
