@@ -121,7 +121,8 @@ def test_the_readme_install_embeds_and_the_uninstall_leaves_nothing() -> None:
     major = pg_major()
     cluster = ThrowawayCluster("inst_readme")
     cluster_id = f"{cluster.major}-{cluster.name}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGLOCALAI_")}
+    # a root shell as a new user has it: none of make up's PG*/PGLOCALAI_* settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGLOCALAI_INSTALL_MODELS_FROM"] = str(store)
     try:
         before = snapshot(major, cluster.spec)
