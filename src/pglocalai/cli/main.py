@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pglocalai.cli.install import add_install_parser  # noqa: PLC0415
     from pglocalai.cli.models import add_model_parser  # noqa: PLC0415 - keep start-up light
     from pglocalai.cli.service import add_service_parser  # noqa: PLC0415
+    from pglocalai.cli.worker import add_worker_parser  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="pglocalai",
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parser(sub)
     add_service_parser(sub)
     add_install_parser(sub)
+    add_worker_parser(sub)
     return parser
 
 

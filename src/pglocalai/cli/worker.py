@@ -1,0 +1,73 @@
+"""``pglocalai worker``: keep the vectorizers of one database current.
+
+Examples::
+
+    pglocalai worker                                  # the database of PGHOST, PGDATABASE, ...
+    pglocalai worker --dsn "dbname=shop host=/run/postgresql" --concurrency 2
+    pglocalai worker --once                           # embed what is queued, then exit
+
+Every option also reads PGLOCALAI_WORKER_<NAME> from the environment (the socket:
+PGLOCALAI_SOCKET); a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from pglocalai.client import DEFAULT_SOCKET
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PGLOCALAI_WORKER_{name}", default)
+
+
+def add_worker_parser(subparsers: Any) -> None:
+    """Add the worker command to a ``pglocalai`` argparse parser."""
+    p = subparsers.add_parser(
+        "worker", help="embed the rows that vectorizers queued (azure_local_ai 1.1.0)",
+        description="Take the rows queued by azure_local_ai.create_vectorizer, embed them "
+                    "through the runtime and write the vectors. Runs until SIGTERM.")
+    p.add_argument("--dsn", default=_env("DSN", ""),
+                   help="libpq connection string; empty: PGHOST, PGDATABASE, ... "
+                        "[PGLOCALAI_WORKER_DSN]")
+    p.add_argument("--socket", default=os.environ.get("PGLOCALAI_SOCKET") or DEFAULT_SOCKET,
+                   help=f"the runtime's socket (default {DEFAULT_SOCKET}) [PGLOCALAI_SOCKET]")
+    p.add_argument("--batch-tokens", type=int, default=int(_env("BATCH_TOKENS", "8192")),
+                   help="estimated tokens per batch and transaction (default 8192); larger "
+                        "batches write fewer, longer transactions [PGLOCALAI_WORKER_BATCH_TOKENS]")
+    p.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL", "5")),
+                   help="seconds between looks at the queues when no notification came "
+                        "(default 5) [PGLOCALAI_WORKER_POLL_INTERVAL]")
+    p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "2")),
+                   help="batches in flight, each with its own session (default 2: one is "
+                        "written while the next is embedded) [PGLOCALAI_WORKER_CONCURRENCY]")
+    p.add_argument("--vectorizer", type=int, action="append", default=[], metavar="ID",
+                   help="serve only this vectorizer (repeatable; default: every one the role "
+                        "can read)")
+    p.add_argument("--once", action="store_true",
+                   help="exit when nothing is left to do (exit code 1 if an error remains)")
+    p.add_argument("--log-format", choices=("json", "text"), default=_env("LOG_FORMAT", "json"),
+                   help="log lines when stderr is not a terminal (default json) "
+                        "[PGLOCALAI_WORKER_LOG_FORMAT]")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default=_env("LOG_LEVEL", "info"), help="[PGLOCALAI_WORKER_LOG_LEVEL]")
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pglocalai.errors import InvalidArgument  # noqa: PLC0415 - keep start-up light
+    from pglocalai.service.logs import setup_logging  # noqa: PLC0415
+    from pglocalai.vectorizer.worker import Options, Worker  # noqa: PLC0415
+
+    for name, value in (("--batch-tokens", args.batch_tokens), ("--concurrency", args.concurrency)):
+        if value < 1:
+            raise InvalidArgument(f"{name} must be at least 1, not {value}")
+    if args.poll_interval <= 0:
+        raise InvalidArgument(f"--poll-interval must be positive, not {args.poll_interval}")
+    setup_logging(args.log_format, None, args.log_level)
+    options = Options(dsn=args.dsn, socket=args.socket, batch_tokens=args.batch_tokens,
+                      poll_interval=args.poll_interval, lanes=args.concurrency, once=args.once,
+                      vectorizers=tuple(args.vectorizer))
+    return Worker(options).run()

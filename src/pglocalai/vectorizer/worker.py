@@ -1,0 +1,400 @@
+"""The vectorizer worker: lanes that take batches off the queues until told to stop.
+
+Threads, each with its own database session:
+
+* ``lanes`` lanes (``--concurrency``), each with its own runtime connection: while one
+  lane writes a batch, another one's texts are in the model, so the runtime stays busy.
+* a listener: ``LISTEN azure_local_ai_vectorizer`` wakes idle lanes at once; lanes also
+  look every ``poll_interval`` seconds, so a lost notification costs at most that.
+* the main thread: heartbeat and errors into azure_local_ai.vectorizer_worker, due
+  retries back into the queues, the catalog reloaded, progress shown.
+
+Nothing stops a worker but a signal (pgai #335): a lost database connection is
+reconnected with backoff, a runtime that is down is waited for (rows stay queued), a
+vectorizer whose model is missing or whose tables the role may not write is paused for a
+minute and named in the status view. SIGTERM or SIGINT: lanes finish their batch, the
+worker deregisters and exits 0.
+
+>>> worker = Worker(Options(socket="/run/pglocalai/pglocalai.sock", once=True))
+>>> worker.run()  # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket as socketlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pglocalai import __version__, errors
+from pglocalai.client import DEFAULT_SOCKET, Client
+from pglocalai.vectorizer.batch import Limits, Stale, run_batch
+from pglocalai.vectorizer.embedding import MODEL, describe
+from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
+from pglocalai.vectorizer.report import Report
+
+CHANNEL = "azure_local_ai_vectorizer"
+PAUSE_S = 60.0  # a vectorizer that cannot work (model, privileges) is tried again after this
+HEARTBEAT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Options:
+    dsn: str = ""  # empty: the libpq environment (PGHOST, PGDATABASE, ...)
+    socket: str = DEFAULT_SOCKET
+    batch_tokens: int = 8192
+    poll_interval: float = 5.0
+    lanes: int = 2
+    once: bool = False  # stop when nothing is left to do (tests, one-off backfills)
+    vectorizers: tuple[int, ...] = ()  # empty: every vectorizer the role can read
+    request_timeout_ms: int = 300_000
+    signals: bool = True  # SIGTERM and SIGINT stop it (when run in the main thread)
+
+
+class Backoff:
+    """0.5 s doubling to 30 s, with jitter so that workers do not come back in step."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap, self.delay = first, cap, 0.0
+
+    def next(self) -> float:
+        self.delay = min(self.cap, self.delay * 2 or self.first)
+        return self.delay * random.uniform(0.75, 1.25)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+class Worker:
+    def __init__(self, options: Options, report: Report | None = None) -> None:
+        self.options = options
+        self.report = report or Report()
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._wakes = [threading.Event() for _ in range(max(1, options.lanes))]
+        self._catalog: dict[int, Vectorizer] = {}
+        self._paused: dict[int, float] = {}
+        self._errors: dict[int | None, tuple[str, float]] = {}
+        self._runtime_backoff = Backoff()
+        self._runtime_until = 0.0
+        self._reload = threading.Event()
+        self._worker_id: str | None = None
+        self._max_tokens: dict[str, int] = {}
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until SIGTERM/SIGINT (or, with ``once``, until nothing is left); exit code."""
+        if self.options.signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop.set())
+        control = self._connect(Backoff())
+        if control is None:
+            return 0
+        self._check_extension(control)
+        self._register(control)
+        self._load(control)
+        self.report.event("worker_started", pid=os.getpid(), lanes=len(self._wakes),
+                          vectorizers=",".join(map(str, self._catalog)) or "none yet")
+        threads = [threading.Thread(target=self._lane, args=(i,), name=f"lane-{i}", daemon=True)
+                   for i in range(len(self._wakes))]
+        listener = threading.Thread(target=self._listen, name="listener", daemon=True)
+        for t in [*threads, listener]:
+            t.start()
+        try:
+            next_beat = 0.0
+            while not self.stop.is_set():
+                if self.options.once and not any(t.is_alive() for t in threads):
+                    break
+                if time.monotonic() >= next_beat or self._reload.is_set():
+                    control = self._maintain(control)
+                    next_beat = time.monotonic() + (1.0 if self.options.once else HEARTBEAT_S)
+                self.stop.wait(1.0)
+        finally:
+            self.stop.set()
+            for wake in self._wakes:
+                wake.set()
+            for t in threads:
+                t.join(timeout=self.options.request_timeout_ms / 1000 + 10)
+            self._unregister(control)
+            self.report.finish()
+            self.report.event("worker_stopped", written=self.report.total_written,
+                              failed=self.report.total_failed)
+        # --once: an error still standing (model missing, privilege) is the caller's business
+        return 1 if self.options.once and self._errors else 0
+
+    def _connect(self, backoff: Backoff) -> psycopg.Connection[Any] | None:
+        """A session (search_path pinned: names come back qualified); None when stopping."""
+        while not self.stop.is_set():
+            try:
+                conn = psycopg.connect(self.options.dsn, autocommit=True,
+                                       application_name="pglocalai worker", connect_timeout=10)
+                conn.execute("set search_path to pg_catalog, pg_temp")
+                backoff.reset()
+                return conn
+            except psycopg.OperationalError as exc:
+                delay = backoff.next()
+                self.report.error("cannot connect to the database",
+                                  detail=str(exc).strip().splitlines()[0],
+                                  hint=f"retrying in {delay:.1f} s")
+                self.stop.wait(delay)
+        return None
+
+    def _check_extension(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.execute("select pg_catalog.to_regclass('azure_local_ai.vectorizer')"
+                        ).fetchone()[0] is None:
+            raise errors.InvalidArgument(
+                f"database \"{conn.info.dbname}\" has no vectorizers",
+                detail="the azure_local_ai extension is missing or older than 1.1.0",
+                hint="CREATE EXTENSION azure_local_ai CASCADE, or ALTER EXTENSION azure_local_ai "
+                     "UPDATE")
+
+    # -- the catalog, heartbeat, retries -------------------------------------------------
+
+    def _load(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(CATALOG_QUERY).fetchall()
+        wanted = set(self.options.vectorizers)
+        catalog = {}
+        for row in rows:
+            if wanted and row["id"] not in wanted:
+                continue
+            old = self._catalog.get(row["id"])
+            same = old is not None and old.generation == row["generation"] \
+                and old.source == row["source"] and old.input_column == row["input_column"] \
+                and old.disabled_reason == row["disabled_reason"] \
+                and old.target_type == row["target_type"]
+            catalog[row["id"]] = old if same and old is not None else Vectorizer.from_row(row)
+        with self._lock:
+            added = set(catalog) - set(self._catalog)
+            self._catalog = catalog
+        for vid in sorted(added):
+            v = catalog[vid]
+            self.report.event("vectorizer", id=vid, source=v.label(), destination=v.destination,
+                              model=v.model_uri, disabled=v.disabled_reason or "no")
+
+    def _maintain(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any] | None:
+        try:
+            if conn is None or conn.closed:
+                conn = self._connect(Backoff(cap=5.0))
+                if conn is None:
+                    return None
+                self._register(conn)
+            self._reload.clear()
+            self._load(conn)
+            for v in self._active():
+                if conn.execute(v.sql.failures_exist).fetchone()[0]:
+                    n = conn.execute(v.sql.requeue_due).rowcount
+                    if n:
+                        self.report.event("retrying_failed_rows", vectorizer=v.id, rows=n)
+            self._heartbeat(conn)
+            with conn.cursor(row_factory=dict_row) as cur:
+                status = cur.execute("select id, pending, failed from "
+                                     "azure_local_ai.vectorizer_status order by id").fetchall()
+            self.report.progress([s for s in status if s["id"] in self._catalog])
+        except psycopg.OperationalError:
+            with suppress(Exception):
+                conn.close()  # type: ignore[union-attr]
+            return None
+        except psycopg.Error as exc:
+            self.report.error(f"maintenance failed: {exc}".strip())
+        return conn
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("delete from azure_local_ai.vectorizer_worker "
+                     "where heartbeat_at < pg_catalog.now() - interval '1 hour'")
+        self._worker_id = str(conn.execute(
+            "insert into azure_local_ai.vectorizer_worker (host, pid, version, vectorizers) "
+            "values (%s, %s, %s, %s) returning id",
+            (socketlib.gethostname(), os.getpid(), __version__,
+             list(self.options.vectorizers) or None)).fetchone()[0])
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            latest = max(self._errors.items(), key=lambda e: e[1][1], default=None)
+        message, at, vid = (latest[1][0], latest[1][1], latest[0]) if latest else (None, None, None)
+        cur = conn.execute(
+            "update azure_local_ai.vectorizer_worker set heartbeat_at = pg_catalog.now(), "
+            "last_error = %s, last_error_at = pg_catalog.to_timestamp(%s), "
+            "last_error_vectorizer = %s where id = %s",
+            (message, at, vid, self._worker_id))
+        if cur.rowcount == 0:
+            self._register(conn)
+
+    def _unregister(self, conn: psycopg.Connection[Any] | None) -> None:
+        if conn is None or conn.closed or self._worker_id is None:
+            return
+        with suppress(psycopg.Error):
+            conn.execute("delete from azure_local_ai.vectorizer_worker where id = %s",
+                         (self._worker_id,))
+            conn.close()
+
+    def _active(self) -> list[Vectorizer]:
+        now = time.monotonic()
+        with self._lock:
+            return [v for v in self._catalog.values()
+                    if v.disabled_reason is None and self._paused.get(v.id, 0.0) <= now]
+
+    def _fail(self, message: str, vectorizer: int | None, *, pause: float = 0.0,
+              detail: str | None = None, hint: str | None = None) -> None:
+        with self._lock:
+            known = self._errors.get(vectorizer)
+            self._errors[vectorizer] = (message, time.time())
+            if pause and vectorizer is not None:
+                self._paused[vectorizer] = time.monotonic() + pause
+        if known is None or known[0] != message:  # say it once, not once per attempt
+            self.report.error(message, vectorizer=vectorizer, detail=detail, hint=hint)
+
+    def _succeeded(self, vectorizer: int) -> None:
+        with self._lock:
+            if vectorizer in self._errors or None in self._errors:
+                self._errors.pop(vectorizer, None)
+                self._errors.pop(None, None)
+                cleared = True
+            else:
+                cleared = False
+        self._runtime_backoff.reset()
+        if cleared:
+            self.report.event("recovered", vectorizer=vectorizer)
+
+    # -- lanes ----------------------------------------------------------------------------
+
+    def _lane(self, index: int) -> None:
+        client = Client(self.options.socket, connect_timeout=5.0)
+        db_backoff = Backoff()
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while not self.stop.is_set():
+                if conn is None or conn.closed:
+                    conn = self._connect(db_backoff)
+                    if conn is None:
+                        return
+                wait = self._runtime_until - time.monotonic()
+                if wait > 0:
+                    self.stop.wait(wait)
+                    continue
+                worked, clean = self._round(index, conn, client)
+                if worked:
+                    continue
+                if not clean and conn.closed:
+                    continue
+                if self.options.once and clean:
+                    return
+                self._wakes[index].wait(self.options.poll_interval)
+                self._wakes[index].clear()
+        finally:
+            client.close()
+            if conn is not None:
+                conn.close()
+
+    def _round(self, index: int, conn: psycopg.Connection[Any],
+               client: Client) -> tuple[bool, bool]:
+        """One pass over the vectorizers: (whether a batch was done, whether no error)."""
+        worked, clean = False, True
+        active = self._active()
+        if active:  # lanes start at different vectorizers
+            shift = index % len(active)
+            active = active[shift:] + active[:shift]
+        for v in active:
+            if self.stop.is_set():
+                break
+            limits = Limits(batch_tokens=self.options.batch_tokens,
+                            max_tokens=self._model_tokens(client, v.model_uri),
+                            timeout_ms=self.options.request_timeout_ms)
+            try:
+                result = run_batch(conn, client, v, limits)
+            except Stale:
+                self._reload.set()
+                clean = False
+                continue
+            except psycopg.OperationalError as exc:
+                self._fail("lost the database connection", None,
+                           detail=str(exc).strip().splitlines()[0] if str(exc) else None,
+                           hint="reconnecting")
+                conn.close()
+                return worked, False
+            except psycopg.errors.InsufficientPrivilege as exc:
+                self._fail(str(exc).strip(), v.id, pause=PAUSE_S, hint=_privileges_hint(v))
+                clean = False
+                continue
+            except psycopg.Error as exc:
+                self._fail(f"{type(exc).__name__}: {str(exc).strip()}", v.id, pause=10.0)
+                self._reload.set()
+                clean = False
+                continue
+            except errors.PglocalaiError as exc:
+                if isinstance(exc, MODEL):
+                    self._fail(describe(exc), v.id, pause=PAUSE_S, hint=exc.hint)
+                else:  # the runtime is down or busy: the rows stay queued, wait for it
+                    delay = self._runtime_backoff.next()
+                    with self._lock:
+                        self._runtime_until = time.monotonic() + delay
+                    self._fail(describe(exc), None, hint=f"retrying in {delay:.1f} s")
+                return worked, False
+            except Exception as exc:  # noqa: BLE001 - a worker never dies silently
+                self._fail(f"internal error: {type(exc).__name__}: {exc}", v.id, pause=10.0)
+                clean = False
+                continue
+            if result is None:
+                continue
+            worked = True
+            self._succeeded(v.id)
+            self.report.written(v.id, result.written, result.failed)
+            for message in result.errors[:3]:
+                self.report.error(f"row not embedded: {message}", vectorizer=v.id)
+            if result.stale:
+                self.report.event("rows_changed_meanwhile", vectorizer=v.id, rows=result.stale)
+        return worked, clean
+
+    def _model_tokens(self, client: Client, model: str) -> int:
+        known = self._max_tokens.get(model)
+        if known is None:
+            try:
+                known = int(client.model_metadata(model).get("max_tokens") or 512)
+            except errors.PglocalaiError:
+                return 512  # the batch itself will report what is wrong
+            self._max_tokens[model] = known
+        return known
+
+    # -- notifications ------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff = Backoff()
+        while not self.stop.is_set():
+            conn = self._connect(backoff)
+            if conn is None:
+                return
+            try:
+                conn.execute(f"listen {CHANNEL}")
+                self._wake_all()  # what was queued while we were away
+                while not self.stop.is_set():
+                    for _ in self._notifications(conn):
+                        self._wake_all()
+            except psycopg.OperationalError:
+                self.stop.wait(backoff.next())
+            finally:
+                conn.close()
+
+    def _notifications(self, conn: psycopg.Connection[Any]) -> Iterator[Any]:
+        yield from conn.notifies(timeout=min(self.options.poll_interval, 1.0), stop_after=1)
+
+    def _wake_all(self) -> None:
+        for wake in self._wakes:
+            wake.set()
+
+
+def _privileges_hint(v: Vectorizer) -> str:
+    write = (f"SELECT, INSERT, DELETE on {v.destination} and UPDATE on a column of {v.source} "
+             "(for its row locks)" if v.chunked else f"UPDATE on {v.destination}")
+    return (f"the worker's role needs SELECT on {v.source}, {write}, and SELECT, INSERT, UPDATE, "
+            f"DELETE on {v.queue} and {v.failures}; the table's owner can grant them")
