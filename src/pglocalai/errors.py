@@ -4,23 +4,35 @@ Standard library only: PL/Python imports this module inside the server.
 
 ::
 
-    PglocalaiError                      code              SQLSTATE
-    ├── ClientError                     (the caller's side of the socket)
-    │   ├── RuntimeUnavailable          runtime_unavailable   08001
-    │   ├── ProtocolMismatch            protocol_mismatch     08P01
-    │   ├── InvalidArgument             invalid_argument      22023
+    PglocalaiError                      code                   SQLSTATE
+    ├── InvalidArgument                 invalid_argument       22023   (a caller's value)
+    │   ├── UnknownSetting              unknown_setting        22023
+    │   └── InputTooLarge               input_too_large        54000
+    ├── ProtocolError                   (the bytes on the socket; both sides)
+    │   ├── BadRequest                  bad_request            08P01
+    │   └── ProtocolMismatch            protocol_mismatch      08P01
+    ├── ClientError                     (raised on the caller's side only)
+    │   ├── RuntimeUnavailable          runtime_unavailable    08001
     │   └── InsufficientPrivilege       insufficient_privilege 42501
-    ├── ServiceError                    (raised inside the runtime)
-    │   ├── BadRequest                  bad_request           08P01
-    │   ├── RequestTimeout              timeout               57014
-    │   ├── Overloaded                  overloaded            53000
-    │   ├── UnknownSetting              unknown_setting       22023
-    │   ├── InferenceFailed             inference_failed      XX000
-    │   └── ShuttingDown                shutting_down         57P01
+    ├── ServiceError                    (the runtime could not serve the request)
+    │   ├── AuthenticationFailed        authentication_failed  28P01
+    │   ├── RequestTimeout              timeout                57014
+    │   ├── Overloaded                  overloaded             53000
+    │   ├── InferenceFailed             inference_failed       XX000
+    │   └── ShuttingDown                shutting_down          57P01
     └── ModelStoreError                 (model files)
-        ├── ModelNotInstalled           model_not_installed   22023
-        ├── ChecksumMismatch            checksum_mismatch     XX001
-        └── ModelFormatError            model_format          XX001
+        ├── ModelNotInstalled           model_not_installed    22023
+        ├── ChecksumMismatch            checksum_mismatch      XX001
+        └── ModelFormatError            model_format           XX001
+
+Where each is raised: ``ServiceError`` leaves in the runtime, except that a
+client raises ``RequestTimeout`` too when a runtime stops answering; ``ClientError``
+leaves only in the client and the PL/Python layer. ``InvalidArgument`` means the
+caller passed a value outside what is allowed (a setting, a batch size, a text over a
+documented limit): PostgreSQL's class 22 (data exception), or 54000 for a limit.
+``BadRequest`` means the bytes broke the protocol (a malformed frame or header, a
+wrong field type): the SQL functions never send such a frame, so 08P01 (protocol
+violation) reaches SQL only through a bug or a foreign client.
 
 Every leaf has a stable ``code`` that crosses the socket (``to_wire`` /
 ``from_wire``), a SQLSTATE used by the PL/Python functions and an exit code
@@ -55,26 +67,57 @@ class PglocalaiError(Exception):
         return self.message
 
 
+# -- a caller's value -------------------------------------------------------------
+
+
+class InvalidArgument(PglocalaiError):
+    """A value the caller passed is not allowed (raised by the client and the runtime)."""
+
+    code = "invalid_argument"
+    sqlstate = "22023"
+    exit_code = 2
+
+
+class UnknownSetting(InvalidArgument):
+    code = "unknown_setting"
+
+
+class InputTooLarge(InvalidArgument):
+    """A request beyond a documented limit (texts per request, bytes, characters counted)."""
+
+    code = "input_too_large"
+    sqlstate = "54000"
+
+
+# -- the wire ---------------------------------------------------------------------
+
+
+class ProtocolError(PglocalaiError):
+    """The bytes on the socket do not follow the protocol (either side may find it)."""
+
+    sqlstate = "08P01"
+    exit_code = 3
+
+
+class BadRequest(ProtocolError):
+    code = "bad_request"
+
+
+class ProtocolMismatch(ProtocolError):
+    code = "protocol_mismatch"
+
+
+# -- the caller's side ------------------------------------------------------------
+
+
 class ClientError(PglocalaiError):
-    """Raised on the caller's side: the runtime could not be reached or understood."""
+    """Raised on the caller's side only: the runtime cannot be reached or trusted."""
 
 
 class RuntimeUnavailable(ClientError):
     code = "runtime_unavailable"
     sqlstate = "08001"
     exit_code = 3
-
-
-class ProtocolMismatch(ClientError):
-    code = "protocol_mismatch"
-    sqlstate = "08P01"
-    exit_code = 3
-
-
-class InvalidArgument(ClientError):
-    code = "invalid_argument"
-    sqlstate = "22023"
-    exit_code = 2
 
 
 class InsufficientPrivilege(ClientError):
@@ -85,13 +128,19 @@ class InsufficientPrivilege(ClientError):
     exit_code = 2
 
 
+# -- the runtime's side -----------------------------------------------------------
+
+
 class ServiceError(PglocalaiError):
-    """Raised inside the runtime while serving a request."""
+    """The runtime could not serve the request."""
 
 
-class BadRequest(ServiceError):
-    code = "bad_request"
-    sqlstate = "08P01"
+class AuthenticationFailed(ServiceError):
+    """A TCP client sent no shared secret, or a wrong one."""
+
+    code = "authentication_failed"
+    sqlstate = "28P01"
+    exit_code = 3
 
 
 class RequestTimeout(ServiceError):
@@ -104,12 +153,6 @@ class Overloaded(ServiceError):
     sqlstate = "53000"
 
 
-class UnknownSetting(ServiceError):
-    code = "unknown_setting"
-    sqlstate = "22023"
-    exit_code = 2
-
-
 class InferenceFailed(ServiceError):
     code = "inference_failed"
     sqlstate = "XX000"
@@ -118,6 +161,9 @@ class InferenceFailed(ServiceError):
 class ShuttingDown(ServiceError):
     code = "shutting_down"
     sqlstate = "57P01"
+
+
+# -- the model store --------------------------------------------------------------
 
 
 class ModelStoreError(PglocalaiError):
