@@ -239,7 +239,8 @@ class Client:
 
     def _read_frame(self, sock: socket.socket, budget: float | None) -> Frame:
         prefix = self._recv_exact(sock, protocol.PREFIX_SIZE, budget)
-        return protocol.decode_body(self._recv_exact(sock, protocol.body_length(prefix), budget))
+        body = self._recv_exact(sock, protocol.body_length(prefix), budget)
+        return protocol.decode_body(body, max_header=protocol.MAX_FRAME_BYTES)  # a reply
 
     def _recv_exact(self, sock: socket.socket, n: int, budget: float | None) -> bytes:
         buf = bytearray()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pglocalai import protocol
-from pglocalai.errors import BadRequest, ProtocolMismatch
+from pglocalai.errors import BadRequest, InputTooLarge, InvalidArgument, ProtocolMismatch
 from pglocalai.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, Frame, Kind
 
 
@@ -32,7 +32,8 @@ def test_unicode_texts_travel_unchanged() -> None:
     texts = ["", "héllo wörld", "日本語のテキスト", "emoji 🧪🚀", "tab\tnew\nline\x00nul",
              "a" * 10000]
     back = roundtrip(Frame(Kind.EMBED, 7, {"model": "m:v1", "inputs": texts}))
-    assert protocol.texts_of(back.header) == texts
+    assert protocol.texts_of(back) == texts
+    assert "inputs" not in back.header  # texts travel in the payload
 
 
 def test_version_mismatch_is_reported_as_such() -> None:
@@ -74,12 +75,12 @@ def test_header_running_past_the_frame_and_unknown_kind() -> None:
 
 @pytest.mark.parametrize("inputs", [None, "one string", [1, 2], ["ok", None], {"a": 1}])
 def test_inputs_must_be_a_list_of_strings(inputs: object) -> None:
-    with pytest.raises(BadRequest, match="inputs"):
-        protocol.texts_of({"inputs": inputs})
+    with pytest.raises(InvalidArgument, match="inputs"):
+        protocol.encode(Frame(Kind.EMBED, 1, {"model": "m:v1", "inputs": inputs}))
 
 
 def test_oversized_frame_is_refused_by_the_encoder() -> None:
-    with pytest.raises(BadRequest, match="frame limit"):
+    with pytest.raises(InputTooLarge, match="frame limit"):
         protocol.encode(Frame(Kind.EMBED, 1, {}, b"\0" * MAX_FRAME_BYTES))
 
 
