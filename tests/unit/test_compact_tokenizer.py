@@ -14,7 +14,7 @@ import random
 import pytest
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from pglocalai.service import tokenizer as tk
+from pglocalai.service import compact as compact_module
 from pglocalai.service.tokenizer import (
     CompactUnigram,
     compact_unsupported,
@@ -102,12 +102,12 @@ def test_pad_id_and_suffix() -> None:
 
 def test_a_full_cache_is_emptied_and_results_stay_the_same(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tk, "CACHE_LIMIT", 5)
+    monkeypatch.setattr(compact_module, "CACHE_BYTES", 2000)  # a few dozen words
     text = unigram_json()
     compact = CompactUnigram(json.loads(text))
     texts = random_texts(200, seed=7)
     first = compact.encode_batch(texts)
-    assert len(compact._cache) <= 5
+    assert 0 < compact._cache_bytes <= 2000 and 0 < len(compact._cache) < 40
     assert compact.encode_batch(texts) == first == [
         e.ids for e in Tokenizer.from_str(text).encode_batch(texts)]
 

@@ -1,17 +1,17 @@
-"""Text to token ids for the runtime: Hugging Face ``tokenizers``, with a compact Unigram.
+"""Text to token ids for the runtime: Hugging Face ``tokenizers``, or the compact Unigram.
 
-``tokenizers`` keeps a Unigram vocabulary in a byte trie with a hash map per node:
-for the 250,002 XLM-RoBERTa pieces of multilingual-e5-small that is ~250 MB of
-the runtime's memory, more than the int8 graph. ``CompactUnigram`` keeps the
-pieces in one Python dict (~45 MB) and runs the same Viterbi search as
-``tokenizers``' ``Unigram.encode_optimized`` over it, while everything else in
-the ``tokenizer.json`` pipeline still runs in ``tokenizers`` itself: the
-normaliser and the pre-tokenizer are the library's objects, built from the same
-file. It yields the same ids as ``Tokenizer.encode`` (tests compare the two on
-the multilingual set, the benchmark corpus and random text mixing special
-tokens, whitespace, combining marks and unknown characters), and is used only
-for the ``tokenizer.json`` shapes it understands; any other file gets the plain
-``tokenizers.Tokenizer`` (:func:`load_tokenizer` says which, and why).
+Two implementations of one interface (:class:`TextTokenizer`): ``CompactUnigram``
+(:mod:`pglocalai.service.compact`, the same ids as ``tokenizers`` with ~200 MB less
+memory for multilingual-e5-small) for the ``tokenizer.json`` shapes it understands,
+and ``HfTokenizer`` (``tokenizers.Tokenizer`` itself) for any other file;
+:func:`load_tokenizer` says which, and why.
+
+Both tokenise a *window* of a text at a time (``encode_window``): the runtime cuts a
+long text into windows where the tokenisation of the whole is the tokenisation of the
+parts one after the other (:mod:`pglocalai.service.reading`), so no text costs more
+than a window's work at a time. ``windowed`` says whether this tokenizer's pipeline is
+one where such cuts are known to be exact (its normaliser and pre-tokenizer act
+locally); the check is by type, then confirmed on sample texts at load.
 
 >>> tok = load_tokenizer(store.read_verified(uri, "tokenizer.json").decode(), "compact")
 >>> tok.encode_batch(["Hello World!"])
@@ -21,112 +21,137 @@ for the ``tokenizer.json`` shapes it understands; any other file gets the plain
 from __future__ import annotations
 
 import json
-import re
-import sys
-from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from tokenizers import Tokenizer
 
+from pglocalai.service.compact import (
+    CompactUnigram,
+    compact_unsupported,
+    rust_json_float,
+)
+from pglocalai.service.logs import get_logger
+from pglocalai.service.reading import Cuts, windows_agree
+
+__all__ = ["MODES", "CompactUnigram", "HfTokenizer", "TextTokenizer", "compact_unsupported",
+           "load_tokenizer", "rust_json_float"]
+
 MODES = ("compact", "huggingface")
-UNK_PENALTY = 10.0  # tokenizers' K_UNK_PENALTY: an unknown character scores min_score - 10
-CACHE_LIMIT = 20_000  # words kept; the cache is emptied when full (bounded memory)
-# Rust's char::is_whitespace (Unicode White_Space), which lstrip/rstrip use; Python's
-# str.isspace differs on U+001C..U+001F
-_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
-
-_NUMBER = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
-_U64_MAX = 2**64 - 1
-_POW10 = tuple(float(f"1e{k}") for k in range(309))  # serde_json's table of exact literals
+# Steps of a tokenizer.json pipeline that act on a character or a short neighbourhood:
+# a text cut at a space between two letters is tokenised as its two parts are.
+_LOCAL_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents",
+                                "BertNormalizer", "Precompiled", "Replace", "Sequence"})
+_LOCAL_PRE_TOKENIZERS = frozenset({"Metaspace", "WhitespaceSplit", "Whitespace",
+                                   "BertPreTokenizer", "Punctuation", "Digits", "ByteLevel",
+                                   "UnicodeScripts", "Sequence"})
 
 
 class TextTokenizer(Protocol):
     name: str  # "compact" or "huggingface": which implementation runs
     pad_id: int
-    suffix: int  # special tokens after the text, kept when a text is cut
+    prefix_ids: list[int]  # the template's specials before the text
+    suffix_ids: list[int]  # and after it; both are kept when a text is cut
+    suffix: int  # len(suffix_ids)
+    added_chars: frozenset[str]  # characters of added tokens: a cut never touches them
+    normalize: Callable[[str], str] | None  # the file's normaliser
+    windowed: bool  # cutting texts into windows is exact for this pipeline
+    cuts: Cuts  # where a text may be cut
 
-    def encode_batch(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
-        """Ids per text, special tokens included, never padded.
+    def encode_window(self, text: str, stop: int | None = None) -> list[int]:
+        """Ids of ``text`` without the template's specials, never padded.
 
-        With ``limit``, a text may stop early once it has at least ``limit`` ids (the
-        closing specials still follow): its first ``limit`` ids are those of the full
-        encoding. The caller cuts; without ``limit`` every id is there.
+        With ``stop``, it may stop early once it has at least ``stop`` ids: its first
+        ``stop`` ids are those of the full encoding.
         """
+        ...
+
+    def encode_batch(self, texts: list[str], limit: int | None = None) -> list[list[int]]:
+        """Ids per text with the specials (``limit``: as ``encode_window``'s ``stop``)."""
         ...
 
 
 def load_tokenizer(tokenizer_json: str, mode: str = "compact") -> TextTokenizer:
     """The compact tokenizer when ``mode`` asks for it and the file allows it, else HF's."""
+    spec: dict[str, Any] = {}
     if mode == "compact":
         try:
             spec = json.loads(tokenizer_json, parse_float=rust_json_float)
         except ValueError:
             spec = {}  # a number outside what rust_json_float reproduces: tokenizers reads it
-        if compact_unsupported(spec) is None:
-            return CompactUnigram(spec)
-    return HfTokenizer(Tokenizer.from_str(tokenizer_json))
+    tok: TextTokenizer
+    if mode == "compact" and spec and compact_unsupported(spec) is None:
+        tok = CompactUnigram(spec)
+    else:
+        tok = HfTokenizer(Tokenizer.from_str(tokenizer_json))
+        spec = spec or json.loads(tokenizer_json)
+    tok.windowed = False
+    reason = not_windowable(spec)
+    if reason is None:
+        tok.windowed = windows_agree(tok)
+        reason = None if tok.windowed else "windows disagree with whole texts on samples"
+    if reason is not None:
+        get_logger().warning("tokenizer_not_windowed", reason=reason,
+                             hint="long texts are tokenised in one piece of bounded size")
+    return tok
 
 
-def rust_json_float(text: str) -> float:
-    """A JSON number as ``serde_json`` (which ``tokenizers`` uses) reads it, not as Python does.
-
-    serde_json (without its ``float_roundtrip`` feature) computes digits-as-integer
-    divided or multiplied by a power of ten, which is off by one unit in the last
-    place for about a quarter of the XLM-RoBERTa scores. Viterbi ties between
-    segmentations such as ``é|éé`` and ``éé|é`` are decided by those last bits, so
-    the compact tokenizer must hold the very same floats. Numbers whose digits do
-    not fit in 64 bits (serde_json then drops digits) raise ValueError.
-    """
-    match = _NUMBER.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not a JSON number: {text!r}")
-    sign, integer, fraction, exp = match.groups()
-    fraction = fraction or ""
-    significand = int(integer + fraction)
-    exponent = int(exp or 0) - len(fraction)
-    if significand > _U64_MAX or abs(exponent) > 308:
-        raise ValueError(f"number outside the reproduced range: {text!r}")
-    value = float(significand)  # round to nearest, as Rust's `u64 as f64`
-    value = value * _POW10[exponent] if exponent >= 0 else value / _POW10[-exponent]
-    return -value if sign else value
-
-
-def compact_unsupported(spec: dict[str, Any]) -> str | None:
-    """Why ``CompactUnigram`` cannot stand in for this ``tokenizer.json``, or None."""
-    model = spec.get("model") or {}
-    if model.get("type") != "Unigram":
-        return f"model type {model.get('type')} (compact supports Unigram)"
-    if model.get("byte_fallback") or model.get("unk_id") is None or not model.get("vocab"):
-        return "Unigram with byte_fallback or without unk_id"
-    for token in spec.get("added_tokens") or []:
-        if token.get("single_word") or token.get("normalized"):
-            return f"added token {token.get('content')!r} with single_word or normalized"
-    if _template(spec) is None:
-        return "post-processor other than a TemplateProcessing <special> $A <special> form"
-    if '"first"' in json.dumps(spec.get("pre_tokenizer")):
-        # prepend_scheme "first" looks at where a part sits in the whole text; the
-        # compact path pre-tokenizes the parts between added tokens one by one
-        return "a pre-tokenizer with prepend_scheme first"
+def not_windowable(spec: dict[str, Any]) -> str | None:
+    """Why cutting texts at spaces may change this pipeline's ids, or None."""
+    for key, allowed in (("normalizer", _LOCAL_NORMALIZERS),
+                         ("pre_tokenizer", _LOCAL_PRE_TOKENIZERS)):
+        for step in _steps(spec.get(key)):
+            kind = step.get("type")
+            if kind not in allowed:
+                return f"{key} {kind}"
+            if kind == "Replace":
+                pattern = step.get("pattern") or {}
+                text = pattern.get("String", pattern.get("Regex", " "))
+                if " " in str(text) and text != " {2,}":
+                    return f"a Replace of {text!r}"  # it may act across a space
+            if kind == "Metaspace" and (step.get("split") is False
+                                        or step.get("prepend_scheme") == "first"):
+                return "Metaspace without split, or prepending to the first part only"
     return None
+
+
+def _steps(step: Any) -> list[dict[str, Any]]:
+    if not isinstance(step, dict):
+        return []
+    inner = step.get("normalizers") or step.get("pretokenizers")
+    if step.get("type") == "Sequence" and isinstance(inner, list):
+        return [s for sub in inner for s in _steps(sub)]
+    return [step]
 
 
 class HfTokenizer:
     """``tokenizers.Tokenizer`` as loaded from the file; truncation is the engine's."""
 
     name = "huggingface"
+    windowed = False
 
     def __init__(self, tok: Tokenizer) -> None:
         padding = tok.padding or {}
         self.pad_id = int(padding.get("pad_id", _special_id(tok, ("<pad>", "[PAD]"))))
         # counts must be the full length and truncation keeps the closing token,
-        # so the tokenizer never pads or truncates: the engine cuts itself
+        # so the tokenizer never pads or truncates: the caller cuts itself
         tok.no_truncation()
         tok.no_padding()
         self._tok = tok
-        probe = list(tok.encode("a").special_tokens_mask)
-        self.suffix = len(probe) - len(_rstrip_ones(probe))
+        probe = tok.encode("a")
+        mask, ids = list(probe.special_tokens_mask), list(probe.ids)
+        lead = len(mask) - len(_lstrip_ones(mask))
+        trail = len(mask) - len(_rstrip_ones(mask))
+        self.prefix_ids, self.suffix_ids = ids[:lead], ids[len(ids) - trail:]
+        self.suffix = trail
+        self.added_chars = frozenset("".join(t.content for t in tok.get_added_tokens_decoder()
+                                             .values()))
+        self.normalize = tok.normalizer.normalize_str if tok.normalizer else None
+        self.cuts = Cuts(self.normalize, self.added_chars)
+
+    def encode_window(self, text: str, stop: int | None = None) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
         if len(texts) == 1:
@@ -134,167 +159,11 @@ class HfTokenizer:
         return [enc.ids for enc in self._tok.encode_batch(list(texts))]
 
 
-class CompactUnigram:
-    """A Unigram ``tokenizer.json`` with the pieces in a dict instead of a byte trie.
-
-    Steps, as ``tokenizers`` does them: split the raw text on the added tokens
-    (longest match first, honouring ``lstrip``/``rstrip``), normalise and
-    pre-tokenize each remaining part with the file's own normaliser and
-    pre-tokenizer, segment each word by Viterbi, wrap in the template's specials.
-    """
-
-    name = "compact"
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        model = spec["model"]
-        vocab = model["vocab"]
-        self.unk_id = int(model["unk_id"])
-        # a duplicated piece maps to its last id and that id's score, as in tokenizers
-        ids = {str(piece): i for i, (piece, _) in enumerate(vocab)}
-        self._ids = ids
-        self._scores = array("d", (float(score) for _, score in vocab))
-        self._longest = max(map(len, ids))
-        self._unk_score = min(self._scores) - UNK_PENALTY
-        self._cache: dict[str, list[int]] = {}
-        self._split = _added_pattern(spec.get("added_tokens") or [])
-        carrier = dict(spec, model={"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]},
-                       added_tokens=[], post_processor=None, truncation=None, padding=None)
-        tok = Tokenizer.from_str(json.dumps(carrier))
-        self._normalize = tok.normalizer.normalize_str if tok.normalizer else None
-        self._pre_tokenize = tok.pre_tokenizer.pre_tokenize_str if tok.pre_tokenizer else None
-        template = _template(spec)
-        assert template is not None  # load_tokenizer checked
-        self._prefix, self._suffix_ids = template
-        self.suffix = len(self._suffix_ids)
-        padding = spec.get("padding") or {}
-        self.pad_id = int(padding.get("pad_id", ids.get("<pad>", ids.get("[PAD]", 0))))
-
-    def encode_batch(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
-        return [self.encode(text, limit) for text in texts]
-
-    def encode(self, text: str, limit: int | None = None) -> list[int]:
-        """Ids of one text; with ``limit``, words after the ``limit``-th id are skipped.
-
-        Words and added tokens are segmented independently, so skipping what follows
-        leaves every earlier id as it is: a 1 MiB text to embed costs its first words.
-        """
-        stop = sys.maxsize if limit is None else limit
-        out = list(self._prefix)
-        start = 0
-        if self._split is not None:
-            pattern, group_ids = self._split
-            for match in pattern.finditer(text):
-                if len(out) >= stop:
-                    break
-                self._encode_part(text[start:match.start()], out, stop)
-                out.append(group_ids[match.lastgroup or ""])
-                start = match.end()
-        self._encode_part(text[start:], out, stop)
-        out.extend(self._suffix_ids)
-        return out
-
-    def _encode_part(self, part: str, out: list[int], stop: int) -> None:
-        if not part or len(out) >= stop:
-            return
-        if self._normalize is not None:
-            part = self._normalize(part)
-        words = [w for w, _ in self._pre_tokenize(part)] if self._pre_tokenize else [part]
-        for word in words:
-            if len(out) >= stop:
-                return
-            ids = self._cache.get(word)
-            if ids is None:
-                ids = self._segment(word)
-                if len(self._cache) >= CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[word] = ids
-            out.extend(ids)
-
-    def _segment(self, word: str) -> list[int]:
-        """Best-scoring pieces; runs of unknown characters fuse into one ``<unk>``.
-
-        Positions are characters here and UTF-8 bytes in tokenizers; pieces are whole
-        characters, so both visit the same candidates in the same order (earlier
-        start first, and a later candidate wins only with a strictly higher score).
-        """
-        ids, scores, unk = self._ids, self._scores, self.unk_id
-        n = len(word)
-        best = [0.0] * (n + 1)
-        start = [-1] * (n + 1)
-        chosen = [0] * (n + 1)
-        for i in range(n):
-            base = best[i]
-            single = False
-            for j in range(i + 1, min(n, i + self._longest) + 1):
-                piece = ids.get(word[i:j])
-                if piece is None:
-                    continue
-                score = base + scores[piece]
-                if start[j] < 0 or score > best[j]:
-                    best[j], start[j], chosen[j] = score, i, piece
-                single = single or j == i + 1
-            if not single:
-                score = base + self._unk_score
-                if start[i + 1] < 0 or score > best[i + 1]:
-                    best[i + 1], start[i + 1], chosen[i + 1] = score, i, unk
-        out: list[int] = []
-        unknown: list[str] = []
-        end = n
-        while end > 0:
-            begin = start[end]
-            if chosen[end] == unk:
-                unknown.append(word[begin:end])
-            else:
-                if unknown:
-                    out.append(ids.get("".join(reversed(unknown)), unk))
-                    unknown = []
-                out.append(ids.get(word[begin:end], unk))
-            end = begin
-        if unknown:
-            out.append(ids.get("".join(reversed(unknown)), unk))
-        out.reverse()
-        return out
-
-
-def _added_pattern(added: list[dict[str, Any]]) -> tuple[re.Pattern[str], dict[str, int]] | None:
-    """One regex over the added tokens, longest first, and the id behind each group.
-
-    A token with ``lstrip``/``rstrip`` also takes the whitespace next to it, as
-    ``tokenizers`` does; its group holds the token itself.
-    """
-    if not added:
-        return None
-    alternatives, group_ids = [], {}
-    for n, token in enumerate(sorted(added, key=lambda t: len(t["content"]), reverse=True)):
-        left = f"[{_WHITESPACE}]*" if token.get("lstrip") else ""
-        right = f"[{_WHITESPACE}]*" if token.get("rstrip") else ""
-        alternatives.append(f"{left}(?P<t{n}>{re.escape(token['content'])}){right}")
-        group_ids[f"t{n}"] = int(token["id"])
-    return re.compile("|".join(alternatives)), group_ids
-
-
-def _template(spec: dict[str, Any]) -> tuple[list[int], list[int]] | None:
-    """(ids before, ids after) the text in the single-sequence template, or None."""
-    post = spec.get("post_processor")
-    if not post:
-        return [], []
-    if post.get("type") != "TemplateProcessing":
-        return None
-    before: list[int] = []
-    after: list[int] = []
-    seen_text = False
-    for item in post.get("single", []):
-        if "Sequence" in item and item["Sequence"].get("id") == "A" and not seen_text:
-            seen_text = True
-        elif "SpecialToken" in item:
-            ids = (post.get("special_tokens", {}).get(item["SpecialToken"]["id"]) or {})
-            ids = ids.get("ids")
-            if not ids:
-                return None
-            (after if seen_text else before).extend(int(i) for i in ids)
-        else:
-            return None
-    return (before, after) if seen_text else None
+def _lstrip_ones(mask: list[int]) -> list[int]:
+    start = 0
+    while start < len(mask) and mask[start] == 1:
+        start += 1
+    return mask[start:]
 
 
 def _rstrip_ones(mask: list[int]) -> list[int]:
