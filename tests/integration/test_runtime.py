@@ -24,16 +24,17 @@ from support import (
     wait_until,
 )
 
+from pglocalai import protocol
 from pglocalai.client import Client
 from pglocalai.errors import (
-    BadRequest,
+    AuthenticationFailed,
     InvalidArgument,
     ModelNotInstalled,
     Overloaded,
     RequestTimeout,
     UnknownSetting,
 )
-from pglocalai.protocol import Kind
+from pglocalai.protocol import PROTOCOL_VERSION, Kind
 
 
 def reference(texts: list[str], uri: str = E5) -> np.ndarray:
@@ -48,7 +49,7 @@ def as_array(dim: int, raw: bytes) -> np.ndarray:
 def test_health_models_metadata() -> None:
     with Runtime(thread=True) as bg, Client(bg.socket) as c:
         health = c.health()
-        assert health["status"] == "ok" and health["protocol"] == 1
+        assert health["status"] == "ok" and health["protocol"] == PROTOCOL_VERSION
         assert health["models_loaded"] == [] and health["uptime_s"] >= 0
         c.embed(E5, ["load it"])
         assert c.health()["models_loaded"] == [E5]
@@ -125,8 +126,9 @@ def test_disconnect_drops_pending_work() -> None:
             wait_until(lambda: E5 in bg.server.models.queues
                        and bg.server.models.queues[E5].running == 1)
             sock = raw_connect(bg.socket)
-            head = json.dumps({"model": E5, "inputs": [f"t{i}" for i in range(50)]}).encode()
-            sock.sendall(raw_frame(Kind.EMBED, 1, head))
+            head = json.dumps({"model": E5}).encode()
+            texts = protocol.pack_texts([f"t{i}" for i in range(50)])
+            sock.sendall(raw_frame(Kind.EMBED, 1, head, payload=texts))
             wait_until(lambda: c.stats()["models"][E5]["queue_depth"] == 50)
             sock.close()
             wait_until(lambda: c.stats()["models"][E5]["queue_depth"] == 0)
@@ -209,7 +211,7 @@ def test_invalid_utf8_and_bad_headers_get_bad_request() -> None:
             assert c.embed(E5, ["still serving"])
 
 
-@pytest.mark.parametrize("length", [0, 3, 0xFFFFFFFF, 0x80000000, 64 * 1024 * 1024 + 1])
+@pytest.mark.parametrize("length", [0, 3, 0xFFFFFFFF, 0x80000000, protocol.MAX_FRAME_BYTES + 1])
 def test_impossible_length_closes_that_connection_only(length: int) -> None:
     with Runtime(thread=True) as bg:
         sock = raw_connect(bg.socket)
@@ -256,9 +258,9 @@ def test_tcp_on_loopback_requires_the_secret(tmp_path: Path) -> None:
         address = f"tcp://127.0.0.1:{bg.server.tcp_port()}"
         with Client(address, secret="s3cret-s3cret-s3cret") as c:
             assert len(c.embed(E5, ["over tcp"])[0]) == 384
-        with pytest.raises(BadRequest, match="authentication failed"):
+        with pytest.raises(AuthenticationFailed, match="authentication failed"):
             Client(address, secret="wrong").health()
-        with pytest.raises(BadRequest, match="authentication failed"):
+        with pytest.raises(AuthenticationFailed, match="authentication failed"):
             Client(address).health()
         import socket as socketlib
 

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from pglocalai.models.convert import URI
 from pglocalai.models.store import ModelStore
-from pglocalai.service.engine import StoreCatalog
+from pglocalai.service.catalog import StoreCatalog
 from pglocalai.service.tokenizer import CompactUnigram, load_tokenizer, rust_json_float
 
 pytestmark = pytest.mark.model

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +28,10 @@ import psutil
 from pglocalai.client import Client
 from pglocalai.errors import PglocalaiError
 from pglocalai.service.background import BackgroundServer
+from pglocalai.service.catalog import StoreCatalog
 from pglocalai.service.config import ServiceConfig
-from pglocalai.service.engine import FAKE_MODELS, FakeCatalog, FakeEngine, StoreCatalog
 from pglocalai.service.settings import Settings
+from pglocalai.testing.fake_engine import FAKE_MODELS, FakeCatalog, FakeEngine
 from support.env import needs, pglocalai_command, private_dir, subprocess_env
 
 __all__ = ["FAKE_MODELS", "FakeCatalog", "FakeEngine", "Runtime", "fake_serve_command"]
@@ -37,7 +39,7 @@ __all__ = ["FAKE_MODELS", "FakeCatalog", "FakeEngine", "Runtime", "fake_serve_co
 
 def fake_serve_command(delay_ms: float = 0.0) -> list[str]:
     """How a runtime with the fake engine is started: the one place that knows."""
-    cmd = pglocalai_command("serve", "--engine", "fake")
+    cmd = [sys.executable, "-m", "pglocalai.testing.serve"]
     return [*cmd, "--fake-delay-ms", str(delay_ms)] if delay_ms else cmd
 
 

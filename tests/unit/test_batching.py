@@ -12,8 +12,10 @@ import pytest
 
 from pglocalai.errors import InferenceFailed, Overloaded, RequestTimeout
 from pglocalai.service.batching import ModelQueue, _Request
-from pglocalai.service.engine import FAIL_TEXT, FakeEngine, ModelSpec
+from pglocalai.service.catalog import ModelSpec
+from pglocalai.service.slices import SliceRunner
 from pglocalai.service.stats import ModelStats
+from pglocalai.testing.fake_engine import FAIL_TEXT, FakeEngine
 
 SPEC = ModelSpec("fake:v1", 16, 64, ("fake",), "fake")
 
@@ -22,7 +24,7 @@ def make_queue(engine: FakeEngine, workers: int = 1, **kw: object) -> ModelQueue
     opts: dict[str, object] = {"max_batch_tokens": 4096, "max_batch_size": 64,
                                "batch_wait_ms": 1.0, "max_queue": 10_000}
     opts.update(kw)
-    return ModelQueue(engine, ModelStats(), tokenize_pool=ThreadPoolExecutor(1),
+    return ModelQueue(engine, ModelStats(), slices=SliceRunner(),
                       run_pool=ThreadPoolExecutor(workers), workers=workers,
                       **opts)  # type: ignore[arg-type]
 

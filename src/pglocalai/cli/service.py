@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,7 @@ def add_service_parser(subparsers: Any) -> None:
         "serve", help="run the embedding runtime",
         description="Run the embedding runtime. Every option also reads PGLOCALAI_<NAME> "
                     "from the environment; a flag wins over the environment.")
-    for opt in OPTIONS:
-        if opt.flag:
-            serve.add_argument(opt.cli, action="store_true", default=None,
-                               help=f"{opt.help} [{opt.env}]")
-        else:
-            serve.add_argument(opt.cli, type=opt.parse, choices=opt.choices, default=None,
-                               metavar=opt.name.upper() if not opt.choices else None,
-                               help=f"{opt.help} [{opt.env}]")
+    add_serve_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     status = subparsers.add_parser("status", help="show whether the runtime answers")
@@ -56,6 +50,18 @@ def add_service_parser(subparsers: Any) -> None:
     stop.set_defaults(func=cmd_stop)
 
 
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` (config.OPTIONS), each with its environment variable."""
+    for opt in OPTIONS:
+        if opt.flag:
+            parser.add_argument(opt.cli, action="store_true", default=None,
+                                help=f"{opt.help} [{opt.env}]")
+        else:
+            parser.add_argument(opt.cli, type=opt.parse, choices=opt.choices, default=None,
+                                metavar=opt.name.upper() if not opt.choices else None,
+                                help=f"{opt.help} [{opt.env}]")
+
+
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=os.environ.get("PGLOCALAI_SOCKET") or DEFAULT_SOCKET,
                         help=f"runtime socket (default {DEFAULT_SOCKET}) [PGLOCALAI_SOCKET]")
@@ -64,7 +70,9 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 # -- serve ---------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace,
+              catalog: Callable[[ServiceConfig], Any] | None = None) -> int:
+    """Run the runtime as ``args`` say; ``catalog(cfg)`` replaces the model store (tests)."""
     cfg = ServiceConfig.resolve(vars(args))
     ready_fd = None
     log_file = cfg.log_file
@@ -78,13 +86,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         daemon.write_pidfile(cfg.pidfile)
     try:
         if cfg.supervise:
-            return daemon.supervise(lambda fd: run_server(cfg, fd, supervised=True), ready_fd)
-        return run_server(cfg, ready_fd)
+            return daemon.supervise(lambda fd: run_server(cfg, fd, True, catalog), ready_fd)
+        return run_server(cfg, ready_fd, catalog=catalog)
     finally:
         daemon.remove_pidfile(cfg.pidfile)
 
 
-def run_server(cfg: ServiceConfig, ready_fd: int | None = None, supervised: bool = False) -> int:
+def run_server(cfg: ServiceConfig, ready_fd: int | None = None, supervised: bool = False,
+               catalog: Callable[[ServiceConfig], Any] | None = None) -> int:
     """Run one runtime until SIGTERM/SIGINT; the exit code tells the supervisor what to do."""
     from pglocalai.service.server import Server, serve  # noqa: PLC0415
     from pglocalai.service.settings import Settings  # noqa: PLC0415
@@ -97,7 +106,8 @@ def run_server(cfg: ServiceConfig, ready_fd: int | None = None, supervised: bool
 
     async def main() -> None:
         nonlocal started
-        server = Server(cfg, _catalog(cfg), Settings.load(Path(cfg.state_dir)))
+        models = (catalog or store_catalog)(cfg)
+        server = Server(cfg, models, Settings.load(Path(cfg.state_dir)))
         if supervised:
             server.supervisor_pid = os.getppid()
 
@@ -122,12 +132,11 @@ def run_server(cfg: ServiceConfig, ready_fd: int | None = None, supervised: bool
         return 1 if started else daemon.EXIT_CONFIG
 
 
-def _catalog(cfg: ServiceConfig) -> Any:
-    from pglocalai.service import engine  # noqa: PLC0415
+def store_catalog(cfg: ServiceConfig) -> Any:
+    """The models of the model store ``cfg`` names."""
+    from pglocalai.service.catalog import StoreCatalog  # noqa: PLC0415 - heavy
 
-    if cfg.engine == "fake":
-        return engine.FakeCatalog(delay_ms=cfg.fake_delay_ms)
-    return engine.StoreCatalog(Path(cfg.models_dir) if cfg.models_dir else None, cfg.tokenizer)
+    return StoreCatalog(Path(cfg.models_dir) if cfg.models_dir else None, cfg.tokenizer)
 
 
 # -- status and stop -----------------------------------------------------------------

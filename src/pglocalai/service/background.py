@@ -12,8 +12,8 @@ import asyncio
 import threading
 from typing import Any
 
+from pglocalai.service.catalog import Catalog
 from pglocalai.service.config import ServiceConfig
-from pglocalai.service.models import Catalog
 from pglocalai.service.server import Server, serve
 from pglocalai.service.settings import Settings
 
@@ -21,7 +21,7 @@ from pglocalai.service.settings import Settings
 class BackgroundServer:
     """A runtime in a thread of this process (tests and benchmarks).
 
-    >>> with BackgroundServer(config, FakeCatalog(), Settings(None, defaults())) as bg:
+    >>> with BackgroundServer(config, StoreCatalog(), Settings(None, defaults())) as bg:
     ...     Client(config.socket).health()
     """
 

@@ -93,9 +93,6 @@ OPTIONS: tuple[Option, ...] = (
            "~200 MB less memory for multilingual-e5-small), or huggingface: tokenizers' own "
            "model (default compact; other vocabularies always use tokenizers)",
            choices=("compact", "huggingface")),
-    Option("engine", str, "onnx, or fake: a deterministic stand-in model for tests "
-           "(default onnx)", choices=("onnx", "fake")),
-    Option("fake_delay_ms", float, "with --engine fake: time each batch takes (default 0)"),
 )
 
 
@@ -121,8 +118,6 @@ class ServiceConfig:
     pidfile: str | None = None
     supervise: bool = False
     tokenizer: str = "compact"
-    engine: str = "onnx"
-    fake_delay_ms: float = 0.0
 
     @classmethod
     def resolve(cls, flags: Mapping[str, Any],
@@ -152,8 +147,8 @@ class ServiceConfig:
         for name in ("max_batch_tokens", "max_batch_size", "max_queue", "workers"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.batch_wait_ms < 0 or self.fake_delay_ms < 0:
-            raise InvalidArgument("batch_wait_ms and fake_delay_ms must not be negative")
+        if self.batch_wait_ms < 0:
+            raise InvalidArgument("batch_wait_ms must not be negative")
         for opt in OPTIONS:
             value = getattr(self, opt.name)
             if opt.choices and value not in opt.choices:

@@ -1,15 +1,16 @@
 """Engines: the model behind a queue, in three named stages tokenize -> run -> pool.
 
-``OnnxEngine`` runs a verified graph from the model store with ONNX Runtime;
-``FakeEngine`` is deterministic and weightless so that everything above the
-engine (protocol, batching, deadlines, settings) is tested without a model.
+``OnnxEngine`` runs a verified graph from the model store with ONNX Runtime; the
+test double ``pglocalai.testing.fake_engine.FakeEngine`` stands in for it where no
+model is wanted. An engine holds its ``text_tokenizer``; the queue tokenises with it
+in bounded windows (:mod:`pglocalai.service.reading`), then hands token ids to ``run``.
 
-Thread-safety contract, relied on by :mod:`pglocalai.service.batching`:
-``tokenize`` runs in the tokenizer thread, ``run`` in the worker threads (several
-at once when ``workers`` > 1), ``configure`` in yet another thread. Both engines
-hold their sessions in one attribute that ``configure`` replaces in a single
-assignment, so a batch that already started keeps the session it began with and
-the next batch uses the new one.
+Thread-safety contract, relied on by :mod:`pglocalai.service.batching`: the
+tokenizer runs in the tokenizer thread (or on the event loop for short requests),
+``run`` in the worker threads (several at once when ``workers`` > 1), ``configure``
+in yet another thread. An engine holds its sessions in one attribute that
+``configure`` replaces in a single assignment, so a batch that already started keeps
+the session it began with and the next batch uses the new one.
 
 >>> engine = catalog.load("multilingual-e5-small:v1", None, settings, workers=1)
 >>> vectors = engine.run(engine.tokenize(["query: hello", ""]))   # float32 [2, 384]
@@ -18,48 +19,24 @@ the next batch uses the new one.
 from __future__ import annotations
 
 import ctypes
-import threading
-import time
-import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pglocalai.errors import InferenceFailed, ModelFormatError, ModelNotInstalled
-from pglocalai.service import pooling
+from pglocalai.errors import ModelFormatError
+from pglocalai.service import pooling, reading
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the runtime knows of a model without loading it."""
-
-    uri: str
-    dimensions: int
-    max_tokens: int
-    variants: tuple[str, ...]
-    default_variant: str
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def pick_variant(self, wanted: str | None) -> str:
-        """``wanted`` when this model has it, else the model's default."""
-        return wanted if wanted in self.variants else self.default_variant
+if TYPE_CHECKING:
+    from pglocalai.service.catalog import ModelSpec
+    from pglocalai.service.tokenizer import TextTokenizer
 
 
 class Engine(Protocol):
     spec: ModelSpec
     variant: str
-
-    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """int64 token ids per text, special tokens included, truncated to max_tokens."""
-        ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Full token count per text (special tokens included), before truncation."""
-        ...
+    text_tokenizer: TextTokenizer
 
     def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
         """float32 [len(batch), dimensions], L2-normalised, row i for batch[i]."""
@@ -68,6 +45,17 @@ class Engine(Protocol):
     def configure(self, settings: dict[str, Any], workers: int) -> None:
         """Rebuild the sessions for new thread settings; in-flight runs finish on the old."""
         ...
+
+
+def tokenize(engine: Engine, texts: Sequence[str]) -> list[np.ndarray]:
+    """int64 ids per text as the model keeps them (at most max_tokens), in this thread."""
+    job = reading.embed_job(engine.text_tokenizer, texts, engine.spec.max_tokens)
+    return reading.run_now(job)  # type: ignore[return-value]
+
+
+def count_tokens(engine: Engine, texts: Sequence[str]) -> list[int]:
+    """Full token count per text (specials included, before truncation), in this thread."""
+    return reading.run_now(reading.count_job(engine.text_tokenizer, texts))  # type: ignore[return-value]
 
 
 def pad(batch: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,9 +94,9 @@ class OnnxEngine:
         self._open_graph = open_graph
         from pglocalai.service.tokenizer import load_tokenizer  # noqa: PLC0415 - heavy
 
-        self._tok = load_tokenizer(tokenizer_json, tokenizer_mode)
-        self.tokenizer = self._tok.name
-        self.pad_id = self._tok.pad_id
+        self.text_tokenizer = load_tokenizer(tokenizer_json, tokenizer_mode)
+        self.tokenizer = self.text_tokenizer.name
+        self.pad_id = self.text_tokenizer.pad_id
         self._sessions: list[Any] = []
         self.configure(settings, workers)
 
@@ -146,16 +134,10 @@ class OnnxEngine:
         self._sessions = sessions  # one assignment: runs in flight keep the old list
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
-        limit, keep = self.spec.max_tokens, self._tok.suffix
-        out = []
-        for ids in self._tok.encode_batch(texts, limit):
-            if len(ids) > limit:
-                ids = ids[: limit - keep] + ids[len(ids) - keep:] if keep else ids[:limit]
-            out.append(np.array(ids, dtype=np.int64))
-        return out
+        return tokenize(self, texts)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(ids) for ids in self._tok.encode_batch(texts)]
+        return count_tokens(self, texts)
 
     def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
         sessions = self._sessions
@@ -170,148 +152,9 @@ class OnnxEngine:
         return np.asarray(out, dtype=np.float32)
 
 
-class StoreCatalog:
-    """The models installed in a model store."""
-
-    def __init__(self, root: Path | None = None, tokenizer_mode: str = "compact") -> None:
-        from pglocalai.models.store import ModelStore, default_models_dir  # noqa: PLC0415
-
-        self.store = ModelStore(Path(root) if root else default_models_dir())
-        self.tokenizer_mode = tokenizer_mode
-
-    def specs(self) -> list[ModelSpec]:
-        return [_spec_of(info) for info in self.store.list()]
-
-    def spec(self, uri: str) -> ModelSpec:
-        return _spec_of(self.store.get(uri))
-
-    def load(self, uri: str, variant: str | None, settings: dict[str, Any],
-             workers: int) -> Engine:
-        spec = self.spec(uri)
-        chosen = spec.pick_variant(variant)
-        vmeta = spec.metadata.get("variants", {}).get(chosen)
-        if not vmeta or "file" not in vmeta:
-            raise ModelFormatError(f"model \"{uri}\" has no file for variant {chosen}")
-        tok_name = str(spec.metadata.get("tokenizer", "tokenizer.json"))
-        tokenizer_json = self.store.read_verified(uri, tok_name).decode("utf-8")
-        engine = OnnxEngine(spec, chosen, lambda: self.store.open_verified(uri, vmeta["file"]),
-                            tokenizer_json, settings, workers, self.tokenizer_mode)
-        del tokenizer_json
-        release_free_memory()
-        return engine
-
-
 def release_free_memory() -> None:
     """Hand the heap that loading freed (JSON, protobuf) back to the system (glibc only)."""
     with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _spec_of(info: Any) -> ModelSpec:
-    variants = info.variants
-    names = tuple(variants) if not isinstance(variants, str) else (variants,)
-    return ModelSpec(uri=info.uri, dimensions=int(info.dimensions),
-                     max_tokens=int(info.max_tokens), variants=names,
-                     default_variant=str(info.default_variant), metadata=dict(info.metadata))
-
-
-# -- deterministic stand-in -------------------------------------------------------
-
-FAIL_TEXT = "<fake-fail>"  # FakeEngine.run raises on a batch holding this text
-_FAIL_ID = 1 << 40
-
-
-class FakeEngine:
-    """Byte tokens and pseudo-random unit vectors seeded by the tokens.
-
-    A text's vector depends on its (truncated) tokens alone, like a real
-    batch-invariant graph, so batching tests compare against unbatched runs.
-    ``delay_ms`` makes every run take that long (to hold work in the queue).
-    """
-
-    def __init__(self, spec: ModelSpec, delay_ms: float = 0.0) -> None:
-        self.spec = spec
-        self.variant = "fake"
-        self.delay_ms = delay_ms
-        self.settings: dict[str, Any] = {}
-        self.workers = 1
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def _full_ids(self, text: str) -> np.ndarray:
-        if text == FAIL_TEXT:
-            return np.array([0, _FAIL_ID, 2], dtype=np.int64)
-        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 3
-        return np.concatenate((np.array([0], dtype=np.int64), raw, np.array([2], np.int64)))
-
-    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
-        limit = self.spec.max_tokens
-        out = []
-        for text in texts:
-            ids = self._full_ids(text)
-            if len(ids) > limit:
-                ids = np.concatenate((ids[: limit - 1], ids[-1:]))
-            out.append(ids)
-        return out
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(self._full_ids(t)) for t in texts]
-
-    def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
-        with self._lock:
-            self.runs += 1
-        if self.delay_ms:
-            time.sleep(self.delay_ms / 1000.0)
-        if any(int(ids.max()) == _FAIL_ID for ids in batch):
-            raise InferenceFailed("fake engine failure requested by the input")
-        out = np.empty((len(batch), self.spec.dimensions), dtype=np.float32)
-        for row, ids in enumerate(batch):
-            rng = np.random.default_rng(zlib.crc32(ids.tobytes()))
-            out[row] = rng.standard_normal(self.spec.dimensions, dtype=np.float32)
-        return pooling.l2_normalize(out)
-
-    def configure(self, settings: dict[str, Any], workers: int) -> None:
-        self.settings = dict(settings)
-        self.workers = workers
-
-
-FAKE_MODELS = (
-    ModelSpec("multilingual-e5-small:v1", 384, 512, ("fake",), "fake",
-              {"format": 1, "uri": "multilingual-e5-small:v1", "source": "fake engine",
-               "dimensions": 384, "max_tokens": 512, "pooling": "mean", "normalize": True}),
-    ModelSpec("fake-tiny:v1", 8, 16, ("fake",), "fake",
-              {"format": 1, "uri": "fake-tiny:v1", "source": "fake engine", "dimensions": 8,
-               "max_tokens": 16, "pooling": "mean", "normalize": True}),
-)
-
-
-class FakeCatalog:
-    """Built-in fake models; counts loads so tests can check a model loads once."""
-
-    def __init__(self, delay_ms: float = 0.0, load_delay_ms: float = 0.0,
-                 models: Sequence[ModelSpec] = FAKE_MODELS) -> None:
-        self.delay_ms = delay_ms
-        self.load_delay_ms = load_delay_ms
-        self._models = {m.uri: m for m in models}
-        self.loads: dict[str, int] = {}
-        self.engines: dict[str, FakeEngine] = {}
-
-    def specs(self) -> list[ModelSpec]:
-        return list(self._models.values())
-
-    def spec(self, uri: str) -> ModelSpec:
-        if uri not in self._models:
-            raise ModelNotInstalled(f"model \"{uri}\" is not installed",
-                                    hint="installed models: " + ", ".join(self._models))
-        return self._models[uri]
-
-    def load(self, uri: str, variant: str | None, settings: dict[str, Any],
-             workers: int) -> Engine:
-        spec = self.spec(uri)
-        if self.load_delay_ms:
-            time.sleep(self.load_delay_ms / 1000.0)
-        self.loads[uri] = self.loads.get(uri, 0) + 1
-        engine = FakeEngine(spec, self.delay_ms)
-        engine.configure(settings, workers)
-        self.engines[uri] = engine
-        return engine

@@ -1,17 +1,24 @@
 """Runtime statistics, per model and in total.
 
-Counters are plain integers updated on the event loop thread (no locks).
-Latencies keep the last ``WINDOW`` requests per model: percentiles describe the
-recent behaviour and memory stays bounded however long the runtime runs.
+Counters are plain integers updated on the event loop thread (no locks), each
+through one method of its owner: ``ModelStats.request``/``failed`` for a request's
+fate (called by the model's queue, and by the manager for a request that failed
+before the model was loaded), ``record_batch``/``record_latency`` by the queue's
+workers; ``Stats`` counts connections and bad frames for the server. Latencies
+keep the last ``WINDOW`` requests per model: percentiles describe the recent
+behaviour and memory stays bounded however long the runtime runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import Any
 
 import numpy as np
+
+from pglocalai.errors import Overloaded, RequestTimeout
 
 WINDOW = 4096
 COUNTERS = ("requests", "texts", "tokens", "padded_tokens", "batches", "batched_texts",
@@ -26,12 +33,30 @@ class ModelStats:
             setattr(self, name, 0)
         self.latencies: deque[float] = deque(maxlen=WINDOW)
 
+    def request(self, texts: int) -> None:
+        self.requests += 1
+        self.texts += texts
+
+    def failed(self, exc: BaseException) -> None:
+        """A request ended without its vectors: by error, timeout, overload or cancel."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.cancelled += 1
+            return
+        self.errors += 1
+        if isinstance(exc, RequestTimeout):
+            self.timeouts += 1
+        elif isinstance(exc, Overloaded):
+            self.overloaded += 1
+
     def record_batch(self, size: int, tokens: int, longest: int, seconds: float) -> None:
         self.batches += 1
         self.batched_texts += size
         self.tokens += tokens
         self.padded_tokens += size * longest
         self.run_seconds += seconds
+
+    def record_latency(self, ms: float) -> None:
+        self.latencies.append(ms)
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
@@ -54,7 +79,8 @@ class Stats:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.models: dict[str, ModelStats] = {}
-        self.connections = 0
+        self.connections_open = 0  # connections open now
+        self.connections_opened = 0  # connections accepted since the start
         self.bad_frames = 0
 
     def model(self, uri: str) -> ModelStats:
@@ -62,6 +88,13 @@ class Stats:
         if stats is None:
             stats = self.models[uri] = ModelStats()
         return stats
+
+    def connection_opened(self) -> None:
+        self.connections_open += 1
+        self.connections_opened += 1
+
+    def connection_closed(self) -> None:
+        self.connections_open -= 1
 
     def uptime(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -80,7 +113,8 @@ class Stats:
             merged.extend(s.latencies)
         totals["latency_ms"] = percentiles(merged)
         return {"uptime_s": self.uptime(), "rss_bytes": rss_bytes(),
-                "connections": self.connections, "bad_frames": self.bad_frames,
+                "connections_open": self.connections_open,
+                "connections_opened": self.connections_opened, "bad_frames": self.bad_frames,
                 "models": models, "totals": totals}
 
 

@@ -1,0 +1,87 @@
+"""What models the runtime can serve: their specs, and how to load one into an engine.
+
+``StoreCatalog`` reads the model store (``pglocalai.models.store``); a test catalog
+(``pglocalai.testing.fake_engine.FakeCatalog``) serves weightless stand-ins. The
+manager (:mod:`pglocalai.service.manager`) sees either through :class:`Catalog`.
+
+>>> catalog = StoreCatalog(Path(".run/models"))
+>>> [s.uri for s in catalog.specs()]
+['all-minilm-l6-v2:v1', 'multilingual-e5-small:v1']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pglocalai.errors import ModelFormatError
+from pglocalai.service.engine import Engine, OnnxEngine, release_free_memory
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the runtime knows of a model without loading it."""
+
+    uri: str
+    dimensions: int
+    max_tokens: int
+    variants: tuple[str, ...]
+    default_variant: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def pick_variant(self, wanted: str | None) -> str:
+        """``wanted`` when this model has it, else the model's default."""
+        return wanted if wanted in self.variants else self.default_variant
+
+
+class Catalog(Protocol):
+    engine: str  # which kind of engine its models run on ("onnx", "fake"), for HEALTH
+
+    def specs(self) -> list[ModelSpec]: ...
+
+    def spec(self, uri: str) -> ModelSpec: ...
+
+    def load(self, uri: str, variant: str | None, settings: dict[str, Any],
+             workers: int) -> Engine: ...
+
+
+class StoreCatalog:
+    """The models installed in a model store."""
+
+    engine = "onnx"
+
+    def __init__(self, root: Path | None = None, tokenizer_mode: str = "compact") -> None:
+        from pglocalai.models.store import ModelStore, default_models_dir  # noqa: PLC0415
+
+        self.store = ModelStore(Path(root) if root else default_models_dir())
+        self.tokenizer_mode = tokenizer_mode
+
+    def specs(self) -> list[ModelSpec]:
+        return [_spec_of(info) for info in self.store.list()]
+
+    def spec(self, uri: str) -> ModelSpec:
+        return _spec_of(self.store.get(uri))
+
+    def load(self, uri: str, variant: str | None, settings: dict[str, Any],
+             workers: int) -> Engine:
+        spec = self.spec(uri)
+        chosen = spec.pick_variant(variant)
+        vmeta = spec.metadata.get("variants", {}).get(chosen)
+        if not vmeta or "file" not in vmeta:
+            raise ModelFormatError(f"model \"{uri}\" has no file for variant {chosen}")
+        tok_name = str(spec.metadata.get("tokenizer", "tokenizer.json"))
+        tokenizer_json = self.store.read_verified(uri, tok_name).decode("utf-8")
+        engine = OnnxEngine(spec, chosen, lambda: self.store.open_verified(uri, vmeta["file"]),
+                            tokenizer_json, settings, workers, self.tokenizer_mode)
+        del tokenizer_json
+        release_free_memory()
+        return engine
+
+
+def _spec_of(info: Any) -> ModelSpec:
+    variants = info.variants
+    names = tuple(variants) if not isinstance(variants, str) else (variants,)
+    return ModelSpec(uri=info.uri, dimensions=int(info.dimensions),
+                     max_tokens=int(info.max_tokens), variants=names,
+                     default_variant=str(info.default_variant), metadata=dict(info.metadata))

@@ -1,0 +1,180 @@
+"""What the runtime does for each request kind: one handler table.
+
+A request kind is a ``Kind`` member in :mod:`pglocalai.protocol`, one entry in
+``HANDLERS`` below and one ``Client`` method. Every handler gets the request's
+:class:`Deadline` (from its ``timeout_ms``, counted from the frame's arrival) and
+answers ``timeout`` once it has passed, whatever it was waiting for: a model still
+loading, a queue, the tokenizer thread, another setting change, the model store.
+
+``quick`` handlers read only memory and answer on the spot, on the event loop,
+without a task of their own; the others run as a task per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from logging import DEBUG
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pglocalai import __version__, protocol
+from pglocalai.errors import BadRequest, ModelNotInstalled, RequestTimeout, ShuttingDown
+from pglocalai.protocol import Frame, Kind
+from pglocalai.service.logs import get_logger
+
+if TYPE_CHECKING:
+    from pglocalai.service.server import Server
+
+log = get_logger()
+_T = TypeVar("_T")
+MAX_MODEL_URI = 256
+
+
+class Deadline:
+    """When a request must have its answer: ``timeout_ms`` after its frame arrived."""
+
+    def __init__(self, timeout_ms: int | None, arrived: float | None = None) -> None:
+        self.timeout_ms = timeout_ms
+        start = time.monotonic() if arrived is None else arrived
+        self.at = None if not timeout_ms else start + timeout_ms / 1000.0
+
+    def left(self) -> float | None:
+        """Seconds left (None: no limit); RequestTimeout once none are."""
+        if self.at is None:
+            return None
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.error()
+        return left
+
+    def left_ms(self) -> int | None:
+        left = self.left()
+        return None if left is None else max(1, int(left * 1000))
+
+    def error(self, detail: str | None = None) -> RequestTimeout:
+        return RequestTimeout(f"request timed out after {self.timeout_ms} ms", detail=detail,
+                              hint="raise timeout_ms, or send less per call")
+
+    async def run(self, work: Awaitable[_T], waiting_for: str) -> _T:
+        """``await work``, cancelled with RequestTimeout when the deadline passes."""
+        try:
+            left = self.left()
+        except RequestTimeout:
+            if asyncio.iscoroutine(work):
+                work.close()  # never started
+            raise
+        try:
+            return await asyncio.wait_for(work, left)
+        except TimeoutError:
+            raise self.error(f"still waiting for {waiting_for}") from None
+
+
+Handler = Callable[["Server", Frame, Deadline], Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    handle: Handler  # returns the reply Frame (quick) or a coroutine of it
+    quick: bool = False
+
+
+# -- handlers (one per kind) ----------------------------------------------------
+
+
+async def embed(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    uri, texts = model_of(frame.header), protocol.raw_texts(frame.payload)
+    if server.stopping:
+        raise ShuttingDown("the runtime is shutting down", hint="retry in a moment")
+    queue = await server.models.get(uri, deadline.left())
+    out = await queue.embed(texts, deadline.left_ms())
+    if log.isEnabledFor(DEBUG):
+        log.debug("embed", model=uri, texts=len(texts), request_id=frame.request_id)
+    return Frame(Kind.EMBEDDINGS, frame.request_id, {"count": len(out), "dim": queue.dim},
+                 out.tobytes())
+
+
+async def token_count(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    uri, texts = model_of(frame.header), protocol.raw_texts(frame.payload)
+    queue = await server.models.get(uri, deadline.left())
+    counts = await deadline.run(queue.count_tokens(texts), "the tokenizer")
+    return Frame(Kind.RESULT, frame.request_id, {"counts": counts})
+
+
+def get_settings(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    keys = frame.header.get("keys") or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise BadRequest("keys must be a list of strings")
+    return Frame(Kind.RESULT, frame.request_id, {"settings": server.models.settings.get(keys)})
+
+
+async def set_setting(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    key = frame.header.get("key")
+    if not isinstance(key, str):
+        raise BadRequest("key must be a string")
+    values = await server.models.set_setting(key, frame.header.get("value"), deadline.left())
+    return Frame(Kind.RESULT, frame.request_id, {"settings": values})
+
+
+async def list_models(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    # the catalog reads the model store: off the event loop, within the deadline
+    models = await deadline.run(asyncio.to_thread(server.models.list_models), "the model store")
+    return Frame(Kind.RESULT, frame.request_id, {"models": models})
+
+
+async def model_metadata(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    uri = model_of(frame.header)
+    meta = await deadline.run(asyncio.to_thread(server.models.metadata, uri), "the model store")
+    return Frame(Kind.RESULT, frame.request_id, {"metadata": meta})
+
+
+def stats(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    snap = server.stats.snapshot(server.models.queue_depths())
+    snap["workers"] = server.config.workers
+    return Frame(Kind.RESULT, frame.request_id, snap)
+
+
+def health(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    body: dict[str, Any] = {
+        "status": "stopping" if server.stopping else "ok", "version": __version__,
+        "protocol": protocol.PROTOCOL_VERSION, "models_loaded": sorted(server.models.queues),
+        "uptime_s": server.stats.uptime(), "pid": os.getpid(),
+        "engine": getattr(server.models.catalog, "engine", "onnx")}
+    if server.supervisor_pid:
+        body["supervisor_pid"] = server.supervisor_pid
+    return Frame(Kind.RESULT, frame.request_id, body)
+
+
+def auth(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    # a connection that needs the secret is answered by Connection.authenticate;
+    # here it has none to give, or has given it already
+    return Frame(Kind.RESULT, frame.request_id, {"authenticated": True})
+
+
+HANDLERS: dict[Kind, Route] = {
+    Kind.EMBED: Route(embed),
+    Kind.TOKEN_COUNT: Route(token_count),
+    Kind.GET_SETTINGS: Route(get_settings, quick=True),
+    Kind.SET_SETTING: Route(set_setting),
+    Kind.LIST_MODELS: Route(list_models),
+    Kind.MODEL_METADATA: Route(model_metadata),
+    Kind.STATS: Route(stats, quick=True),
+    Kind.HEALTH: Route(health, quick=True),
+    Kind.AUTH: Route(auth, quick=True),
+}
+
+
+def model_of(header: dict[str, Any]) -> str:
+    model = header.get("model")
+    if not isinstance(model, str):
+        raise BadRequest("model must be a model URI such as multilingual-e5-small:v1")
+    if len(model) > MAX_MODEL_URI:
+        # the caller's argument, not a broken frame: the SQLSTATE of an unknown model (22023);
+        # an empty or malformed URI gets the same from the catalog, with the installed ones
+        raise ModelNotInstalled(f'model "{model[:60]}..." is not installed',
+                                detail=f"a model uri is name:version of at most "
+                                       f"{MAX_MODEL_URI} characters, not {len(model)}",
+                                hint="azure_local_ai.list_models() lists the installed models")
+    return model
