@@ -22,7 +22,10 @@ help:
 	@echo "make venv          .venv with the package and its pinned dependencies"
 	@echo "make model         install the models into .run/models"
 	@echo "make install-ext   install the azure_local_ai extension into the server"
-	@echo "make up|down|status  the private PostgreSQL cluster and the runtime"
+	@echo "make up|down|status  the private PostgreSQL cluster and the runtime (run as postgres,"
+	@echo "                   from its own venv and model store next to the cluster)"
+	@echo "PGLOCALAI_PG_MAJOR=N make venv   the packages for server N (README: Install into an"
+	@echo "                   existing PostgreSQL), then: .venv/bin/pglocalai install"
 	@echo "make lint          ruff"
 	@echo "make bench         the benchmarks"
 
