@@ -135,6 +135,9 @@ create table azure_local_ai.vectorizer_worker
 , vectorizers integer[]
 , started_at timestamptz not null default pg_catalog.now()
 , heartbeat_at timestamptz not null default pg_catalog.now()
+  -- the worker's own session: while it exists the worker is alive (a SIGKILL ends it at once)
+, backend_pid integer not null default pg_catalog.pg_backend_pid()
+, backend_start timestamptz
 , last_error text
 , last_error_at timestamptz
 , last_error_vectorizer integer
@@ -846,6 +849,32 @@ comment on function azure_local_ai_internal.vectorizer_catalog_apply() is
 create trigger vectorizer_apply after insert or update or delete on azure_local_ai.vectorizer
 for each row execute function azure_local_ai_internal.vectorizer_catalog_apply();
 
+create or replace function azure_local_ai_internal.vectorizer_compact_count(vid integer)
+returns void
+as $func$
+    -- fold the deltas older than the rate window into one row; rows another transaction holds
+    -- are left for the next time, so this never waits
+    with stale_rows as (
+        select c.ctid from azure_local_ai_internal.vectorizer_queue_count c
+        where c.vectorizer_id = vid
+          and c.at < pg_catalog.clock_timestamp() - interval '5 minutes'
+        for update skip locked
+    ), gone as (
+        delete from azure_local_ai_internal.vectorizer_queue_count c using stale_rows
+        where c.ctid = stale_rows.ctid returning c.delta
+    )
+    insert into azure_local_ai_internal.vectorizer_queue_count (vectorizer_id, delta, at)
+    select vid, pg_catalog.sum(gone.delta), pg_catalog.clock_timestamp() - interval '5 minutes'
+    from gone having pg_catalog.count(*) > 0
+$func$
+language sql volatile security invoker
+set search_path to pg_catalog, pg_temp;
+
+comment on function azure_local_ai_internal.vectorizer_compact_count(integer) is
+'internal: folds the old pending-count deltas of a vectorizer into one row';
+
+revoke all on function azure_local_ai_internal.vectorizer_compact_count(integer) from public;
+
 create or replace function azure_local_ai_internal.vectorizer_queue_counted() returns trigger
 as $func$
 declare
@@ -865,18 +894,7 @@ begin
         values (vid, n);
     end if;
     if n < 0 and pg_catalog.random() < 0.05 then
-        -- fold deltas older than the rate window into one; rows others hold are left for later
-        with old as (
-            select c.ctid from azure_local_ai_internal.vectorizer_queue_count c
-            where c.vectorizer_id = vid and c.at < pg_catalog.clock_timestamp() - interval '5 minutes'
-            for update skip locked
-        ), gone as (
-            delete from azure_local_ai_internal.vectorizer_queue_count c using old
-            where c.ctid = old.ctid returning c.delta
-        )
-        insert into azure_local_ai_internal.vectorizer_queue_count (vectorizer_id, delta, at)
-        select vid, pg_catalog.sum(gone.delta), pg_catalog.clock_timestamp() - interval '5 minutes'
-        from gone having pg_catalog.count(*) > 0;
+        perform azure_local_ai_internal.vectorizer_compact_count(vid);
     end if;
     return null;
 end
@@ -976,6 +994,21 @@ create event trigger azure_local_ai_vectorizer_drop on sql_drop
 -------------------------------------------------------------------------------------------------
 -- internal: progress (for the views; they call these as the viewer, for the rows it may see)
 
+create or replace function azure_local_ai_internal.vectorizer_worker_alive
+( w azure_local_ai.vectorizer_worker
+) returns boolean
+as $func$
+    select w.heartbeat_at > pg_catalog.now() - interval '1 minute'
+       and exists (select from pg_catalog.pg_stat_activity a
+                   where a.pid = w.backend_pid
+                     and a.backend_start is not distinct from coalesce(w.backend_start, a.backend_start))
+$func$
+language sql stable parallel safe security invoker
+set search_path to pg_catalog, pg_temp;
+
+comment on function azure_local_ai_internal.vectorizer_worker_alive(azure_local_ai.vectorizer_worker) is
+'internal: whether a registered worker is alive (recent heartbeat and its session still open)';
+
 create or replace function azure_local_ai_internal.vectorizer_progress
 ( vid integer
 , out pending bigint
@@ -1012,7 +1045,7 @@ begin
     select w.last_error, w.last_error_at into werror, werror_at
     from azure_local_ai.vectorizer_worker w
     where w.last_error is not null
-      and w.heartbeat_at > pg_catalog.now() - interval '2 minutes'
+      and azure_local_ai_internal.vectorizer_worker_alive(w)
       and (w.last_error_vectorizer is null or w.last_error_vectorizer = vid)
       and (w.vectorizers is null or vid = any(w.vectorizers))
       and q is not null and pg_catalog.has_table_privilege(w.worker_role::oid, q::oid, 'DELETE')
@@ -1023,7 +1056,7 @@ begin
     end if;
     select pg_catalog.count(*)::integer into workers
     from azure_local_ai.vectorizer_worker w
-    where w.heartbeat_at > pg_catalog.now() - interval '1 minute'
+    where azure_local_ai_internal.vectorizer_worker_alive(w)
       and (w.vectorizers is null or vid = any(w.vectorizers))
       and q is not null and pg_catalog.has_table_privilege(w.worker_role::oid, q::oid, 'DELETE');
 end

@@ -7,6 +7,7 @@ its own tables.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -64,12 +65,16 @@ def vconn(vec_db: dict[str, str]) -> Iterator[psycopg.Connection[Any]]:
 
 
 @pytest.fixture()
-def run_worker(vec_db: dict[str, str], deployed_socket: str) -> Callable[..., int]:
-    """Run a worker in this process until nothing is left to do; returns its exit code."""
+def run_worker(vec_db: dict[str, str], deployed_socket: str) -> Callable[..., str]:
+    """Run a worker in this process until nothing is left to do (``--once``); check its exit
+    code is ``expect`` and return what it printed."""
 
-    def run(socket: str | None = None, **options: Any) -> int:
+    def run(socket: str | None = None, expect: int = 0, **options: Any) -> str:
         opts = Options(dsn=conninfo(vec_db), socket=socket or deployed_socket, once=True,
                        signals=False, poll_interval=0.2, **options)
-        return Worker(opts, Report(tty=False)).run()
+        out = io.StringIO()
+        code = Worker(opts, Report(tty=True, stream=out)).run()
+        assert code == expect, f"the worker exited with {code}, not {expect}:\n{out.getvalue()}"
+        return out.getvalue()
 
     return run

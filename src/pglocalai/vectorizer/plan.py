@@ -1,8 +1,8 @@
 """One vectorizer as the catalog describes it, and the SQL the worker runs for it.
 
-Pure: builds text, runs nothing. The worker's sessions pin ``search_path`` to
-``pg_catalog, pg_temp``, so ``source::text`` and ``format_type`` come back
-schema-qualified and quoted and can be pasted into statements as they are.
+Pure: builds text, runs nothing. The worker reads the catalog with ``search_path``
+set to ``pg_catalog, pg_temp``, so ``source::text`` and ``format_type`` come back
+schema-qualified and quoted and can be pasted into statements run in any session.
 
 Keys travel as text both ways (``k::text`` out, ``v.k::<type>`` back in): text
 output and input of a type round-trip in one session, whatever the type (integer,

@@ -130,16 +130,20 @@ class Worker:
             self.report.finish()
             self.report.event("worker_stopped", written=self.report.total_written,
                               failed=self.report.total_failed)
-        # --once: an error still standing (model missing, privilege) is the caller's business
-        return 1 if self.options.once and self._errors else 0
+        # --once: a vectorizer that could not work (model missing, privilege) fails the run; a
+        # runtime that was away and came back does not
+        return 1 if self.options.once and any(k is not None for k in self._errors) else 0
 
     def _connect(self, backoff: Backoff) -> psycopg.Connection[Any] | None:
-        """A session (search_path pinned: names come back qualified); None when stopping."""
+        """A session; None when stopping.
+
+        The session keeps the role's own search_path: the source's triggers run in it as
+        they run for any writer. Everything the worker itself names is schema-qualified.
+        """
         while not self.stop.is_set():
             try:
                 conn = psycopg.connect(self.options.dsn, autocommit=True,
                                        application_name="pglocalai worker", connect_timeout=10)
-                conn.execute("set search_path to pg_catalog, pg_temp")
                 backoff.reset()
                 return conn
             except psycopg.OperationalError as exc:
@@ -162,7 +166,9 @@ class Worker:
     # -- the catalog, heartbeat, retries -------------------------------------------------
 
     def _load(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.cursor(row_factory=dict_row) as cur:
+        # names and types come back schema-qualified whatever the session's search_path
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("set local search_path to pg_catalog, pg_temp")
             rows = cur.execute(CATALOG_QUERY).fetchall()
         wanted = set(self.options.vectorizers)
         catalog = {}
@@ -197,6 +203,7 @@ class Worker:
                     n = conn.execute(v.sql.requeue_due).rowcount
                     if n:
                         self.report.event("retrying_failed_rows", vectorizer=v.id, rows=n)
+            self._runtime_check()
             self._heartbeat(conn)
             with conn.cursor(row_factory=dict_row) as cur:
                 status = cur.execute("select id, pending, failed from "
@@ -210,12 +217,27 @@ class Worker:
             self.report.error(f"maintenance failed: {exc}".strip())
         return conn
 
+    def _runtime_check(self) -> None:
+        """Clear a runtime error once the runtime answers again (lanes may have no work)."""
+        if None not in self._errors:
+            return
+        try:
+            with Client(self.options.socket, connect_timeout=2.0) as client:
+                client.health()
+        except errors.PglocalaiError:
+            return
+        with self._lock:
+            self._errors.pop(None, None)
+        self.report.event("runtime_back", socket=self.options.socket)
+
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("delete from azure_local_ai.vectorizer_worker "
-                     "where heartbeat_at < pg_catalog.now() - interval '1 hour'")
+                     "where heartbeat_at < pg_catalog.now() - interval '1 hour' or id = %s",
+                     (self._worker_id,))  # our row of a session that was cut, if any
         self._worker_id = str(conn.execute(
-            "insert into azure_local_ai.vectorizer_worker (host, pid, version, vectorizers) "
-            "values (%s, %s, %s, %s) returning id",
+            "insert into azure_local_ai.vectorizer_worker (host, pid, version, vectorizers, "
+            "backend_start) values (%s, %s, %s, %s, (select backend_start from "
+            "pg_catalog.pg_stat_activity where pid = pg_catalog.pg_backend_pid())) returning id",
             (socketlib.gethostname(), os.getpid(), __version__,
              list(self.options.vectorizers) or None)).fetchone()[0])
 
@@ -360,7 +382,8 @@ class Worker:
         known = self._max_tokens.get(model)
         if known is None:
             try:
-                known = int(client.model_metadata(model).get("max_tokens") or 512)
+                known = int(client.model_metadata(model, timeout_ms=10_000)
+                            .get("max_tokens") or 512)
             except errors.PglocalaiError:
                 return 512  # the batch itself will report what is wrong
             self._max_tokens[model] = known
