@@ -89,8 +89,10 @@ comment on function azure_local_ai_internal.owns(regclass) is
 
 create or replace function azure_local_ai_internal.can_read(rel regclass) returns boolean
 as $func$
+    -- runs as the caller, who may not use azure_local_ai_internal: pg_catalog only
     select coalesce(pg_catalog.has_any_column_privilege(rel::oid, 'SELECT'), false)
-        or azure_local_ai_internal.owns(rel)
+        or coalesce((select pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')
+                     from pg_catalog.pg_class c where c.oid = rel), false)
 $func$
 language sql stable strict parallel safe security invoker
 set search_path to pg_catalog, pg_temp;
@@ -1042,13 +1044,20 @@ begin
         execute pg_catalog.format('select error, last_attempt_at from %s '
             'order by last_attempt_at desc limit 1', f) into last_error, last_error_at;
     end if;
+    -- a worker's error about this vectorizer (from a role that can read its table: a worker
+    -- lacking privileges on the queue says so here), or about the runtime (from a worker
+    -- that serves this vectorizer)
     select w.last_error, w.last_error_at into werror, werror_at
     from azure_local_ai.vectorizer_worker w
     where w.last_error is not null
       and azure_local_ai_internal.vectorizer_worker_alive(w)
-      and (w.last_error_vectorizer is null or w.last_error_vectorizer = vid)
-      and (w.vectorizers is null or vid = any(w.vectorizers))
-      and q is not null and pg_catalog.has_table_privilege(w.worker_role::oid, q::oid, 'DELETE')
+      and ((w.last_error_vectorizer = vid
+            and pg_catalog.has_any_column_privilege(w.worker_role::oid,
+                (select x.source::oid from azure_local_ai.vectorizer x where x.id = vid), 'SELECT'))
+           or (w.last_error_vectorizer is null
+               and (w.vectorizers is null or vid = any(w.vectorizers))
+               and q is not null
+               and pg_catalog.has_table_privilege(w.worker_role::oid, q::oid, 'DELETE')))
     order by w.last_error_at desc limit 1;
     if werror_at > coalesce(last_error_at, '-infinity') then
         last_error := werror;
