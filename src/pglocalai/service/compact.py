@@ -112,13 +112,12 @@ class CompactUnigram:
         self._cache_bytes = 0
         added = spec.get("added_tokens") or []
         self._split = _added_pattern(added)
-        self.added_chars = frozenset("".join(str(t["content"]) for t in added))
         carrier = dict(spec, model={"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]},
                        added_tokens=[], post_processor=None, truncation=None, padding=None)
         tok = Tokenizer.from_str(json.dumps(carrier))
         self.normalize = tok.normalizer.normalize_str if tok.normalizer else None
         self._pre_tokenize = tok.pre_tokenizer.pre_tokenize_str if tok.pre_tokenizer else None
-        self.cuts = Cuts(self.normalize, self.added_chars)
+        self.cuts = Cuts(self.normalize, [str(t["content"]) for t in added])
         template = template_of(spec)
         assert template is not None  # load_tokenizer checked
         self.prefix_ids, self.suffix_ids = template

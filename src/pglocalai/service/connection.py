@@ -42,6 +42,7 @@ from pglocalai.errors import (
     ProtocolError,
 )
 from pglocalai.protocol import Frame, Kind
+from pglocalai.service.engine import release_free_memory
 from pglocalai.service.handlers import HANDLERS, Deadline
 from pglocalai.service.logs import get_logger
 
@@ -226,15 +227,19 @@ class Connection(asyncio.Protocol):
             reply = await handle(self.server, frame, deadline)  # type: ignore[operator]
         except PglocalaiError as exc:
             reply = error_frame(frame.request_id, exc)
+            _forget_frames(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one request's bug never stops the server
             reply = error_frame(frame.request_id, _internal(frame.kind, exc))
+            _forget_frames(exc)
         self.write(reply)
 
     def _task_done(self, task: asyncio.Task[None], size: int) -> None:
         self.tasks.discard(task)
         self.in_flight_bytes -= size
+        if size >= _LARGE_FRAME:  # once the task is gone, give its buffer back to the system
+            asyncio.get_running_loop().call_soon(release_free_memory)
         if len(self.tasks) < MAX_IN_FLIGHT // 2:
             self.resume("in_flight")
         if self.in_flight_bytes < MAX_IN_FLIGHT_BYTES:
@@ -276,6 +281,15 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _forget_frames(exc: BaseException | None) -> None:
+    """Drop an answered error's tracebacks: their frames hold the request's texts (up to
+    64 MiB), and a future holding the error closes a cycle the collector frees late."""
+    seen = 0
+    while exc is not None and seen < 8:
+        exc.__traceback__ = None
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
 
 
 def _internal(kind: Kind | None, exc: Exception) -> InferenceFailed:

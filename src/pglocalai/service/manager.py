@@ -54,10 +54,12 @@ class ModelManager:
         self.run_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="pglocalai-run")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="pglocalai-load")
 
-    async def get(self, uri: str, timeout: float | None = None) -> ModelQueue:
+    async def get(self, uri: str, timeout: float | None = None, *,
+                  request: bool = True) -> ModelQueue:
         """The model's queue, loading the model on first use (once).
 
         ``timeout``: seconds to wait for a model still loading (RequestTimeout after).
+        A failure is counted in the model's statistics when it fails a ``request``.
         """
         queue = self.queues.get(uri)
         if queue is not None:
@@ -65,24 +67,25 @@ class ModelManager:
         if self._closing:
             raise ShuttingDown("the runtime is shutting down")
         failed = self._failed.get(uri)
-        if failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_S:
-            raise failed[1]
-        task = self._loading.get(uri)
-        if task is None:
-            self.catalog.spec(uri)  # unknown model: fail fast with the installed list
-            task = asyncio.get_running_loop().create_task(self._load(uri))
-            self._loading[uri] = task
-            task.add_done_callback(lambda t: self._loaded(uri, t))
         try:
-            # shield: a requester that goes away must not cancel the load for the others
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            error = RequestTimeout(f"request timed out after {round(timeout * 1000)} ms",
-                                   detail=f"model \"{uri}\" was still loading")
-            self.stats.model(uri).failed(error)
-            raise error from None
+            if failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_S:
+                raise failed[1]
+            task = self._loading.get(uri)
+            if task is None:
+                self.catalog.spec(uri)  # unknown model: fail fast with the installed list
+                task = asyncio.get_running_loop().create_task(self._load(uri))
+                self._loading[uri] = task
+                task.add_done_callback(lambda t: self._loaded(uri, t))
+            try:
+                # shield: a requester that goes away must not cancel the load for the others
+                return await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                raise RequestTimeout(f"request timed out after {round(timeout * 1000)} ms",
+                                     detail=f"model \"{uri}\" was still loading") from None
         except PglocalaiError as exc:
-            self.stats.model(uri).failed(exc)
+            # an installed model (its load was tried): not any URI a client makes up
+            if request and (uri in self._failed or uri in self._loading):
+                self.stats.model(uri).failed(exc)
             raise
 
     def _loaded(self, uri: str, task: asyncio.Task[ModelQueue]) -> None:
@@ -135,7 +138,7 @@ class ModelManager:
             uris = [u.strip() for u in which.split(",") if u.strip()]
         for uri in uris:
             try:
-                await self.get(uri)
+                await self.get(uri, request=False)
             except PglocalaiError as exc:  # the other models still load and serve
                 log.error("preload_failed", model=uri, code=exc.code, error=str(exc),
                           hint=exc.hint)

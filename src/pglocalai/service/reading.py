@@ -17,15 +17,17 @@ few milliseconds of work whatever the size of this one.
 
 Why a window boundary changes no id. A window ends just before a space U+0020 whose
 two neighbours are *ordinary*: a letter or a decimal digit (Unicode L or Nd) that is
-no grapheme Prepend or SpacingMark character, belongs to no added token, and that the
-tokenizer's own normaliser maps to a non-empty string that neither starts nor ends
-with whitespace nor starts with a combining mark. For the pipelines ``windowed``
-admits (normalisers acting on a character, a grapheme or a run of spaces: NFC/NFKC,
-Precompiled, Lowercase, BertNormalizer, single-character or ``" {2,}"`` Replace;
-pre-tokenizers that split at whitespace: Metaspace, Bert, Whitespace, ByteLevel, ...):
+no grapheme Prepend or SpacingMark character and that the tokenizer's own normaliser
+maps to a non-empty string that neither starts nor ends with whitespace nor starts
+with a combining mark; and no added token with whitespace inside lies across it.
+For the pipelines ``windowed`` admits (normalisers acting on a character, a grapheme
+or a run of spaces: NFC/NFKC, Precompiled, Lowercase, BertNormalizer, single-character
+or ``" {2,}"`` Replace; pre-tokenizers that split at whitespace: Metaspace, Bert,
+Whitespace, ByteLevel, ...):
 
-1. no added token spans the cut (its characters are not added-token characters,
-   and lstrip/rstrip only take whitespace next to a token);
+1. no added token spans the cut (only one with whitespace inside could, and none is
+   near), and an lstrip/rstrip token takes the same whitespace in a window as in the
+   whole text (Metaspace starts every part after a token with its own ``▁``);
 2. grapheme clusters and canonical composition stop at the cut: a space composes
    with nothing, a neighbour is no Prepend/Extend/SpacingMark, so each side is
    normalised as it is in the whole text;
@@ -48,7 +50,7 @@ from __future__ import annotations
 
 import codecs
 import unicodedata
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -77,9 +79,13 @@ Text = str | bytes | bytearray | memoryview
 class Cuts:
     """Which spaces a tokenizer's texts may be cut at (see the module docstring)."""
 
-    def __init__(self, normalize: Callable[[str], str] | None, added_chars: frozenset[str]):
+    def __init__(self, normalize: Callable[[str], str] | None,
+                 added_tokens: Iterable[str] = ()) -> None:
         self._normalize = normalize
-        self._added = added_chars
+        # an added token with whitespace inside could span a cut; others cannot, and
+        # lstrip/rstrip take whitespace next to a token the same way in both windows
+        self._spaced = tuple(t for t in added_tokens if any(c.isspace() for c in t))
+        self._reach = max(map(len, self._spaced), default=0)
         self._known: dict[str, bool] = {}
 
     def ordinary(self, char: str) -> bool:
@@ -91,18 +97,26 @@ class Cuts:
         return known
 
     def _check(self, char: str) -> bool:
-        if (unicodedata.category(char) not in _LETTERS_DIGITS or char in _NOT_ORDINARY
-                or char in self._added):
+        if unicodedata.category(char) not in _LETTERS_DIGITS or char in _NOT_ORDINARY:
             return False
         norm = self._normalize(char) if self._normalize is not None else char
         return (bool(norm) and not norm[0].isspace() and not norm[-1].isspace()
                 and unicodedata.category(norm[0])[0] != "M")
 
+    def at(self, text: str, p: int) -> bool:
+        """Whether the space at ``p`` is a cut (0 < p < len(text) - 1)."""
+        if not (self.ordinary(text[p - 1]) and self.ordinary(text[p + 1])):
+            return False
+        if self._spaced:
+            near = text[max(0, p - self._reach + 1) : p + self._reach]
+            return not any(token in near for token in self._spaced)
+        return True
+
     def last(self, text: str, end: int) -> int | None:
         """The last cut before ``end`` (index of its space), or None; needs len > end."""
         p = text.rfind(" ", 1, end)
         while p > 0:
-            if self.ordinary(text[p - 1]) and self.ordinary(text[p + 1]):
+            if self.at(text, p):
                 return p
             p = text.rfind(" ", 1, p)
         return None
@@ -111,7 +125,7 @@ class Cuts:
         """The first cut in [start, end), or None; needs len > end."""
         p = text.find(" ", max(1, start), end)
         while p > 0:
-            if self.ordinary(text[p - 1]) and self.ordinary(text[p + 1]):
+            if self.at(text, p):
                 return p
             p = text.find(" ", p + 1, end)
         return None
@@ -296,8 +310,7 @@ def windows_agree(tok: TextTokenizer) -> bool:
     for sample in _SAMPLES:
         whole = tok.encode_window(sample)
         for p in range(1, len(sample) - 1):
-            if (sample[p] == " " and tok.cuts.ordinary(sample[p - 1])
-                    and tok.cuts.ordinary(sample[p + 1])
+            if (sample[p] == " " and tok.cuts.at(sample, p)
                     and tok.encode_window(sample[:p]) + tok.encode_window(sample[p:]) != whole):
                 return False
     return True

@@ -78,20 +78,24 @@ class SliceRunner:
                 if self._stopped:
                     return
                 job = self._jobs.popleft()
-            if job.dropped:
-                job.gen.close()
-                continue
-            try:
-                next(job.gen)
-            except StopIteration as stop:
-                _deliver(job, stop.value, None)
-                continue
-            except BaseException as exc:  # noqa: BLE001 - it belongs to the job's request
-                _deliver(job, None, exc)
-                continue
-            with self._wake:
-                if not self._stopped:
-                    self._jobs.append(job)
+            self._turn(job)
+            del job  # a finished job's text must not stay alive while the thread waits
+
+    def _turn(self, job: _Job) -> None:
+        if job.dropped:
+            job.gen.close()
+            return
+        try:
+            next(job.gen)
+        except StopIteration as stop:
+            _deliver(job, stop.value, None)
+            return
+        except BaseException as exc:  # noqa: BLE001 - it belongs to the job's request
+            _deliver(job, None, exc.with_traceback(None))  # no frames (and texts) held
+            return
+        with self._wake:
+            if not self._stopped:
+                self._jobs.append(job)
 
 
 def _deliver(job: _Job, value: Any, exc: BaseException | None) -> None:

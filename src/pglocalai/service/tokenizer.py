@@ -54,7 +54,6 @@ class TextTokenizer(Protocol):
     prefix_ids: list[int]  # the template's specials before the text
     suffix_ids: list[int]  # and after it; both are kept when a text is cut
     suffix: int  # len(suffix_ids)
-    added_chars: frozenset[str]  # characters of added tokens: a cut never touches them
     normalize: Callable[[str], str] | None  # the file's normaliser
     windowed: bool  # cutting texts into windows is exact for this pipeline
     cuts: Cuts  # where a text may be cut
@@ -145,10 +144,9 @@ class HfTokenizer:
         trail = len(mask) - len(_rstrip_ones(mask))
         self.prefix_ids, self.suffix_ids = ids[:lead], ids[len(ids) - trail:]
         self.suffix = trail
-        self.added_chars = frozenset("".join(t.content for t in tok.get_added_tokens_decoder()
-                                             .values()))
         self.normalize = tok.normalizer.normalize_str if tok.normalizer else None
-        self.cuts = Cuts(self.normalize, self.added_chars)
+        self.cuts = Cuts(self.normalize, [t.content for t in
+                                          tok.get_added_tokens_decoder().values()])
 
     def encode_window(self, text: str, stop: int | None = None) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)

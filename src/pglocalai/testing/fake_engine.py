@@ -39,12 +39,11 @@ class FakeTokenizer:
     prefix_ids = [0]
     suffix_ids = [2]
     suffix = 1
-    added_chars: frozenset[str] = frozenset()
     normalize = None
     windowed = True  # a byte is a token: any cut is exact
 
     def __init__(self) -> None:
-        self.cuts = Cuts(None, self.added_chars)
+        self.cuts = Cuts(None)
 
     def encode_window(self, text: str, stop: int | None = None) -> list[int]:
         if text == FAIL_TEXT:
