@@ -74,9 +74,9 @@ def test_a_request_beyond_the_frame_limit_is_refused_with_a_hint(pg_db: dict[str
             conn.execute(f"SELECT count(*) FROM azure_local_ai.create_embeddings(%s, {texts})",
                          (E5,))
         diag = info.value.diag
-        assert diag.sqlstate == "08P01"
-        limit = protocol.MAX_FRAME_BYTES
-        assert diag.message_primary.endswith(f"exceeds the {limit} byte frame limit")
+        assert diag.sqlstate == "54000"  # a documented limit, not a protocol violation
+        limit = protocol.MAX_TEXT_BYTES
+        assert diag.message_primary.endswith(f"exceeds the limit of {limit} bytes")
         assert "lower batch_size" in (diag.message_hint or "")
         # nothing was sent: the session and the runtime go on
         assert conn.execute("SELECT array_length(azure_local_ai.create_embeddings(%s, 'x'), 1)",
@@ -165,9 +165,12 @@ def test_postgresql_stops_nul_and_invalid_utf8_before_the_extension(
     assert info.value.diag.sqlstate == sqlstate
 
 
-def raw_frame(kind: int, request_id: int, head: bytes) -> bytes:
+def raw_frame(kind: int, request_id: int, head: bytes, texts: list[bytes] | None = None) -> bytes:
+    """A frame as the wire carries it; ``texts`` (raw bytes) packed as the payload."""
+    payload = b"" if texts is None else struct.pack(
+        f"<{len(texts) + 1}I", len(texts), *map(len, texts)) + b"".join(texts)
     body = struct.pack("<BBII", protocol.PROTOCOL_VERSION, kind, request_id, len(head)) + head
-    return struct.pack("<I", len(body)) + body
+    return struct.pack("<I", len(body) + len(payload)) + body + payload
 
 
 def read_reply(sock: socket.socket) -> protocol.Frame:
@@ -182,14 +185,13 @@ def read_reply(sock: socket.socket) -> protocol.Frame:
     return protocol.decode_body(exact(protocol.body_length(exact(protocol.PREFIX_SIZE))))
 
 
-INVALID_UTF8 = {
-    "invalid byte": b'{"model":"%s","inputs":["ok","bad \xff\xfe byte"]}',
-    "overlong": b'{"model":"%s","inputs":["\xc0\xaf"]}',
-    "truncated sequence": b'{"model":"%s","inputs":["euro \xe2\x82"]}',
-    "encoded surrogate": b'{"model":"%s","inputs":["\xed\xa0\x80"]}',
-    "escaped lone surrogate": b'{"model":"%s","inputs":["a \\ud800 b"]}',
-    "escaped low surrogate": b'{"model":"%s","inputs":["\\udfff"]}',
-    "in the model name": b'{"model":"e5\xff","inputs":["x"]}',
+INVALID_UTF8 = {  # (header, texts as raw bytes)
+    "invalid byte": (b'{"model":"%s"}', [b"ok", b"bad \xff\xfe byte"]),
+    "overlong": (b'{"model":"%s"}', [b"\xc0\xaf"]),
+    "truncated sequence": (b'{"model":"%s"}', [b"euro \xe2\x82"]),
+    "encoded surrogate": (b'{"model":"%s"}', [b"\xed\xa0\x80"]),
+    "escaped lone surrogate in the model": (b'{"model":"e5\\ud800"}', [b"x"]),
+    "in the model name": (b'{"model":"e5\xff"}', [b"x"]),
 }
 
 
@@ -203,18 +205,18 @@ def test_invalid_utf8_sent_straight_to_the_socket_is_a_bad_request(runtime: Runt
     sock.settimeout(60)
     sock.connect(runtime.socket)
     try:
-        for i, (label, body) in enumerate(INVALID_UTF8.items()):
+        for i, (label, (body, texts)) in enumerate(INVALID_UTF8.items()):
             head = body.replace(b"%s", E5.encode())
             # a bad frame, then a good one on the same connection: both are answered
-            sock.sendall(raw_frame(kind, 10 + i, head) + raw_frame(
-                Kind.EMBED, 1000 + i, json.dumps({"model": E5,
-                                                  "inputs": ["a valid text"]}).encode()))
+            sock.sendall(raw_frame(kind, 10 + i, head, texts) + raw_frame(
+                Kind.EMBED, 1000 + i, json.dumps({"model": E5}).encode(), [b"a valid text"]))
             replies = {f.request_id: f for f in (read_reply(sock), read_reply(sock))}
             bad, good = replies[10 + i], replies[1000 + i]
             assert bad.kind == Kind.ERROR and bad.header["code"] == "bad_request", label
-            assert bad.header["message"] in ("frame header is not valid UTF-8 JSON",
-                                             "input text is not valid unicode",
-                                             "input text could not be tokenized"), label
+            assert bad.header["message"] in (
+                "frame header is not valid UTF-8 JSON",
+                "frame header holds a lone surrogate (\\ud800-\\udfff)",
+                f"input text {len(texts)} is not valid UTF-8"), label
             assert good.kind == Kind.EMBEDDINGS, label
             vec = np.frombuffer(good.payload, "<f4")
             assert cosine(list(vec), expected) >= 0.99999, label

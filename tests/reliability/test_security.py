@@ -33,7 +33,7 @@ from support import (
 
 from pglocalai import protocol
 from pglocalai.client import Client
-from pglocalai.errors import BadRequest
+from pglocalai.errors import AuthenticationFailed
 
 SECRET = "a-shared-secret-of-32-characters"
 
@@ -182,7 +182,7 @@ def test_tcp_serves_only_on_loopback_and_only_with_the_secret(model_store: Path)
         port = listening[0].laddr.port
         address = f"tcp://127.0.0.1:{port}"
         for wrong in (None, "", "a-shared-secret-of-32-characterz", SECRET[:-1]):
-            with pytest.raises(BadRequest, match="authentication failed"):
+            with pytest.raises(AuthenticationFailed, match="authentication failed"):
                 Client(address, secret=wrong).health()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             raw.sendall(protocol.encode(protocol.Frame(protocol.Kind.EMBED, 1, {

@@ -151,6 +151,8 @@ class Connection(asyncio.Protocol):
             self.on_frame(body)
             if self._closing():
                 return
+            if self._paused_by:
+                break  # the rest waits in the buffer until resume()
         if start:
             del buf[:start]
 
@@ -277,6 +279,12 @@ class Connection(asyncio.Protocol):
             if not self._paused_by and not self._closing():
                 assert self.transport is not None
                 self.transport.resume_reading()
+                if len(self.buf) >= protocol.PREFIX_SIZE:  # frames read before the pause
+                    asyncio.get_running_loop().call_soon(self._resume_buffered)
+
+    def _resume_buffered(self) -> None:
+        if not self._paused_by and not self._closing() and self._body is None:
+            self.data_received(b"")
 
     def close(self) -> None:
         if self.transport is not None:
