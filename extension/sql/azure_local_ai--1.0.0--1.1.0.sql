@@ -460,25 +460,41 @@ begin
             f, azure_local_ai_internal.vectorizer_keys(v, 'f.%1$s %3$s o.%2$I', ' and '),
             v.chunks_table, azure_local_ai_internal.vectorizer_keys(v, 'c.%5$I %3$s o.%2$I', ' and '));
     end if;
-    -- The generated body: static SQL (planned once per session), writes that never wait:
-    -- a key is queued unless an entry for it exists that no worker holds; the probe's KEY SHARE
-    -- lock keeps workers off that entry until this transaction ends, so they see this change.
+    -- The generated body: static SQL (planned once per session), writes that never wait: a key
+    -- is queued unless an entry for it exists that no worker holds; the probe's KEY SHARE lock
+    -- keeps workers off that entry until this transaction ends, so they see this change. The
+    -- pending count is kept in the same statement (the queue's own count trigger skips rows
+    -- queued from a trigger). It runs on every write to the source, so it has no SET clause
+    -- (that costs a few microseconds a call): every operator, cast, function and relation
+    -- in it is schema-qualified, and the transition tables are found before any schema.
     body := pg_catalog.format($body$
 begin
-    if tg_op = 'INSERT' then
-        insert into %1$s (%2$s)
-        select %3$s from new_rows n
-        where %4$s and not exists (%5$s);
-    elsif tg_op = 'UPDATE' then
-        insert into %1$s (%2$s)
-        select %3$s from new_rows n left join old_rows o on %6$s
-        where ((o.%7$I is null and %4$s)
-               or (n.%8$I)::text collate "C" is distinct from (o.%8$I)::text collate "C")
-          and not exists (%5$s)
-        union all
-        select %10$s from old_rows o
-        where not exists (select from new_rows n where %6$s) and not exists (%11$s);
-    elsif tg_op = 'DELETE' then
+    if tg_op operator(pg_catalog.=) 'INSERT' then
+        with queued as (
+            insert into %1$s (%2$s)
+            select %3$s from new_rows n
+            where %4$s and not exists (%5$s)
+            returning 1)
+        insert into azure_local_ai_internal.vectorizer_queue_count (vectorizer_id, delta)
+        select %14$s, pg_catalog.count(*) from queued
+        having pg_catalog.count(*) operator(pg_catalog.>) 0;
+    elsif tg_op operator(pg_catalog.=) 'UPDATE' then
+        with queued as (
+            insert into %1$s (%2$s)
+            select %3$s from new_rows n left join old_rows o on %6$s
+            where ((o.%7$I is null and %4$s)
+                   or (n.%8$I)::pg_catalog.text collate pg_catalog."C" operator(pg_catalog.<>)
+                      (o.%8$I)::pg_catalog.text collate pg_catalog."C"
+                   or (n.%8$I is null) operator(pg_catalog.<>) (o.%8$I is null))
+              and not exists (%5$s)
+            union all
+            select %10$s from old_rows o
+            where not exists (select from new_rows n where %6$s) and not exists (%11$s)
+            returning 1)
+        insert into azure_local_ai_internal.vectorizer_queue_count (vectorizer_id, delta)
+        select %14$s, pg_catalog.count(*) from queued
+        having pg_catalog.count(*) operator(pg_catalog.>) 0;
+    elsif tg_op operator(pg_catalog.=) 'DELETE' then
         %12$s
         return null;
     else
@@ -509,7 +525,7 @@ $body$,
         v.id);
     execute pg_catalog.format(
         'create or replace function %s() returns trigger as %L language plpgsql volatile '
-        'security definer set search_path to pg_catalog, pg_temp', fn, body);
+        'security definer', fn, body);
     execute pg_catalog.format('revoke all on function %s() from public', fn);
     execute pg_catalog.format('comment on function %s() is %L', fn,
         pg_catalog.format('internal: queues the rows of %s that vectorizer %s must embed (generated)',
@@ -530,14 +546,15 @@ as $func$
 declare
     fn text := azure_local_ai_internal.vectorizer_relation(v.id, 'enqueue');
     name text := 'azure_local_ai_vectorizer_' || v.id;
+    old_trigger name;
 begin
     if not exists (select from pg_catalog.pg_class c where c.oid = v.source) then
         return;
     end if;
-    execute pg_catalog.format('drop trigger if exists %I on %s', name || '_insert', v.source);
-    execute pg_catalog.format('drop trigger if exists %I on %s', name || '_update', v.source);
-    execute pg_catalog.format('drop trigger if exists %I on %s', name || '_delete', v.source);
-    execute pg_catalog.format('drop trigger if exists %I on %s', name || '_truncate', v.source);
+    for old_trigger in select t.tgname from pg_catalog.pg_trigger t
+                       where t.tgrelid = v.source and t.tgname like name || '\_%' loop
+        execute pg_catalog.format('drop trigger %I on %s', old_trigger, v.source);
+    end loop;
     if present then
         execute pg_catalog.format('create trigger %I after insert on %s referencing new table as '
             'new_rows for each statement execute function %s()', name || '_insert', v.source, fn);
@@ -572,6 +589,11 @@ begin
         azure_local_ai_internal.vectorizer_enqueue_filter(v, 'n'),
         q, azure_local_ai_internal.vectorizer_keys(v, 'q.%1$s %3$s n.%2$I', ' and '));
     get diagnostics n = row_count;
+    if n > 0 and pg_catalog.pg_trigger_depth() > 0 then
+        -- from a trigger (create, alter): the queue's count trigger leaves it to us
+        insert into azure_local_ai_internal.vectorizer_queue_count (vectorizer_id, delta)
+        values (v.id, n);
+    end if;
     perform pg_catalog.pg_notify('azure_local_ai_vectorizer', v.id::text);
     return n;
 end
@@ -628,8 +650,11 @@ begin
     execute pg_catalog.format('comment on table %s is %L', f, pg_catalog.format(
         'rows of %s that vectorizer %s could not embed, and when it tries again', v.source, v.id));
     perform azure_local_ai_internal.vectorizer_grant(v);
+    -- rows queued from a trigger (the enqueue function, create, alter) are counted where they
+    -- are queued; this one counts the rest (retries, by the worker or retry_vectorizer_failures)
     execute pg_catalog.format('create trigger counted_insert after insert on %s referencing new '
-        'table as new_rows for each statement execute function %s(%L)', q, fn, v.id);
+        'table as new_rows for each statement when (pg_catalog.pg_trigger_depth() < 1) '
+        'execute function %s(%L)', q, fn, v.id);
     execute pg_catalog.format('create trigger counted_delete after delete on %s referencing old '
         'table as old_rows for each statement execute function %s(%L)', q, fn, v.id);
     execute pg_catalog.format('create trigger counted_truncate after truncate on %s '

@@ -90,6 +90,7 @@ class Worker:
         self._reload = threading.Event()
         self._worker_id: str | None = None
         self._max_tokens: dict[str, int] = {}
+        self._lane_ended = threading.Event()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -106,8 +107,8 @@ class Worker:
         self._load(control)
         self.report.event("worker_started", pid=os.getpid(), lanes=len(self._wakes),
                           vectorizers=",".join(map(str, self._catalog)) or "none yet")
-        threads = [threading.Thread(target=self._lane, args=(i,), name=f"lane-{i}", daemon=True)
-                   for i in range(len(self._wakes))]
+        threads = [threading.Thread(target=self._lane_until_done, args=(i,), name=f"lane-{i}",
+                                    daemon=True) for i in range(len(self._wakes))]
         listener = threading.Thread(target=self._listen, name="listener", daemon=True)
         for t in [*threads, listener]:
             t.start()
@@ -119,7 +120,8 @@ class Worker:
                 if time.monotonic() >= next_beat or self._reload.is_set():
                     control = self._maintain(control)
                     next_beat = time.monotonic() + (1.0 if self.options.once else HEARTBEAT_S)
-                self.stop.wait(1.0)
+                self._lane_ended.wait(1.0)  # a lane that ends (--once) wakes us at once
+                self._lane_ended.clear()
         finally:
             self.stop.set()
             for wake in self._wakes:
@@ -290,6 +292,12 @@ class Worker:
             self.report.event("recovered", vectorizer=vectorizer)
 
     # -- lanes ----------------------------------------------------------------------------
+
+    def _lane_until_done(self, index: int) -> None:
+        try:
+            self._lane(index)
+        finally:
+            self._lane_ended.set()
 
     def _lane(self, index: int) -> None:
         client = Client(self.options.socket, connect_timeout=5.0)
