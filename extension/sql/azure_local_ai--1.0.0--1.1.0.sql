@@ -1134,6 +1134,29 @@ comment on function azure_local_ai_internal.vectorizer_failure_rows(integer) is
 -------------------------------------------------------------------------------------------------
 -- the public interface
 
+create or replace function azure_local_ai.chunk_text
+( model_uri text
+, input text
+, max_tokens integer default 512
+, overlap_tokens integer default 0
+) returns table (seq integer, chunk text)
+as $func$
+    select c.ord::integer, c.chunk
+    from pg_catalog.jsonb_array_elements_text(
+             coalesce(azure_local_ai_internal.request('chunk_text',
+                          pg_catalog.jsonb_build_object('model', model_uri, 'input', input,
+                              'max_tokens', max_tokens, 'overlap_tokens', overlap_tokens),
+                          600000),
+                      azure_local_ai_internal.raise_pending(null::jsonb)))
+         with ordinality as c(chunk, ord)
+$func$
+language sql immutable strict parallel safe security definer
+set search_path to pg_catalog, pg_temp;
+
+comment on function azure_local_ai.chunk_text(text, text, integer, integer) is
+'input in chunks that fit max_tokens of the model''s tokenizer (special tokens included), cut at '
+'paragraphs, then sentences, then words, with about overlap_tokens of overlap';
+
 create or replace function azure_local_ai.create_vectorizer
 ( source regclass
 , input_column name

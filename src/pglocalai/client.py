@@ -146,6 +146,13 @@ class Client:
         return list(self.request(Kind.TOKEN_COUNT, {"model": model, "inputs": list(texts)},
                                  timeout_ms).header["counts"])
 
+    def chunk(self, model: str, text: str, max_tokens: int, overlap_tokens: int = 0,
+              prefix: str = "", timeout_ms: int | None = None) -> list[str]:
+        """``text`` in chunks of at most ``max_tokens`` (``prefix`` and specials included)."""
+        return list(self.request(Kind.CHUNK, {
+            "model": model, "inputs": [text], "max_tokens": max_tokens,
+            "overlap_tokens": overlap_tokens, "prefix": prefix}, timeout_ms).header["chunks"])
+
     def get_settings(self, keys: Sequence[str] = (),
                      timeout_ms: int | None = None) -> dict[str, Any]:
         return dict(self.request(Kind.GET_SETTINGS, {"keys": list(keys)}, timeout_ms)

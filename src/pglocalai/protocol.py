@@ -84,13 +84,15 @@ class Kind(IntEnum):
     STATS = 7  # {} -> RESULT {...}
     HEALTH = 8  # {} -> RESULT {...}
     AUTH = 9  # {"secret"}: first frame on a TCP connection -> RESULT {"authenticated"}
+    CHUNK = 10  # {"model", "max_tokens", "overlap_tokens", "prefix"} + one text
+    #             -> RESULT {"chunks", "overlaps"} (pglocalai.service.chunking)
     # replies
     RESULT = 100  # JSON header only
     EMBEDDINGS = 101  # {"count", "dim"} + float32 payload
     ERROR = 102  # {"code", "message", "detail", "hint"}
 
 
-TEXT_KINDS = frozenset({Kind.EMBED, Kind.TOKEN_COUNT})
+TEXT_KINDS = frozenset({Kind.EMBED, Kind.TOKEN_COUNT, Kind.CHUNK})
 
 
 @dataclass

@@ -298,6 +298,8 @@ _OPERATIONS: dict[str, Callable[[Client, dict[str, Any], int | None], Any]] = {
     "list_models": lambda c, a, t: [_model_row(m) for m in c.list_models(t)],
     "model_metadata": lambda c, a, t: c.model_metadata(str(a["model"]), t),
     "token_count": lambda c, a, t: c.token_count(str(a["model"]), [str(a["input"])], t)[0],
+    "chunk_text": lambda c, a, t: c.chunk(str(a["model"]), str(a["input"]), int(a["max_tokens"]),
+                                          int(a["overlap_tokens"]), "", t),
     "runtime_stats": lambda c, a, t: c.stats(t),
     "version": _version,
 }

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pglocalai import __version__, protocol
 from pglocalai.errors import BadRequest, ModelNotInstalled, RequestTimeout, ShuttingDown
 from pglocalai.protocol import Frame, Kind
+from pglocalai.service import chunking
 from pglocalai.service.logs import get_logger
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ HANDLERS: dict[Kind, Route] = {
     Kind.STATS: Route(stats, quick=True),
     Kind.HEALTH: Route(health, quick=True),
     Kind.AUTH: Route(auth, quick=True),
+    Kind.CHUNK: Route(chunking.handle),
 }
 
 
