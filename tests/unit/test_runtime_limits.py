@@ -133,9 +133,13 @@ def word_texts(n: int, seed: int) -> list[str]:
 
 def forced_cuts(tok: object, text: str) -> int:
     """How many windows of ``text`` end where no cut is (then ids may differ there)."""
-    windows = list(reading._windows(tok.cuts, reading._Source(text),  # type: ignore[attr-defined]
-                                    reading.WINDOW_CHARS, None))
-    return sum(1 for w in windows[1:] if not w.startswith(" "))
+    cuts = tok.cuts  # type: ignore[attr-defined]
+    windows = list(reading._windows(cuts, reading._Source(text), reading.WINDOW_CHARS, None))
+    forced, pos = 0, 0
+    for window in windows[:-1]:
+        pos += len(window)
+        forced += not cuts.at(text, pos)
+    return forced
 
 
 @pytest.fixture(scope="module", params=["compact", "huggingface"])
@@ -292,3 +296,19 @@ def test_a_cancelled_job_stops_at_its_next_turn() -> None:
             runner.close()
 
     asyncio.run(main())
+
+
+def test_a_long_word_stops_once_its_kept_ids_are_decided() -> None:
+    tok = CompactUnigram(json.loads(unigram_json(seed=4)))
+    rng = random.Random(9)
+    early = 0
+    for _ in range(150):
+        alphabet = rng.choice(["abcdeé日本語ñ", "ab", "日本語ไทย", "aé\u0301ñb"])
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(300, 3000)))
+        full = tok._segment(word)
+        for need in (1, 10, 100):
+            part = tok._segment(word, need)
+            assert part == full[: len(part)], word  # the first ids of the whole word
+            assert len(part) >= need or part == full
+            early += len(part) < len(full)
+    assert early > 200  # it did stop early, most of the time

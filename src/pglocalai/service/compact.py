@@ -30,6 +30,7 @@ UNK_PENALTY = 10.0  # tokenizers' K_UNK_PENALTY: an unknown character scores min
 # is emptied once the words and ids it holds reach CACHE_BYTES.
 CACHE_BYTES = 8 * 1024 * 1024
 CACHE_WORD_CHARS = 64
+CONVERGE_EVERY = 256  # characters of a long word between two checks for decided ids
 # Rust's char::is_whitespace (Unicode White_Space), which lstrip/rstrip use; Python's
 # str.isspace differs on U+001C..U+001F
 _WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -165,6 +166,9 @@ class CompactUnigram:
         for word in words:
             if len(out) >= stop:
                 return
+            if len(word) > CONVERGE_EVERY and stop != sys.maxsize:
+                out.extend(self._segment(word, stop - len(out)))  # only what is kept
+                continue
             ids = cache.get(word)
             if ids is None:
                 ids = array("i", self._segment(word))
@@ -177,12 +181,18 @@ class CompactUnigram:
                     self._cache_bytes += size
             out.extend(ids)
 
-    def _segment(self, word: str) -> list[int]:
+    def _segment(self, word: str, need: int | None = None) -> list[int]:
         """Best-scoring pieces; runs of unknown characters fuse into one ``<unk>``.
 
         Positions are characters here and UTF-8 bytes in tokenizers; pieces are whole
         characters, so both visit the same candidates in the same order (earlier
         start first, and a later candidate wins only with a strictly higher score).
+
+        With ``need``, a long word stops as soon as its first ``need`` ids are known:
+        every ``CONVERGE_EVERY`` characters the best paths to the last ``longest``
+        positions are traced back; the whole word's best path passes through one of
+        them, so where they all meet it is decided (partial traceback). The ids before
+        that point are those of the whole word, exactly.
         """
         ids, scores, unk = self._ids, self._scores, self.unk_id
         n = len(word)
@@ -204,9 +214,35 @@ class CompactUnigram:
                 score = base + self._unk_score
                 if start[i + 1] < 0 or score > best[i + 1]:
                     best[i + 1], start[i + 1], chosen[i + 1] = score, i, unk
+            if need is not None and (i + 1) % CONVERGE_EVERY == 0 and i + 1 < n:
+                decided = self._decided(word, i + 1, start, chosen)
+                if len(decided) >= need:
+                    return decided
+        return self._backtrace(word, n, start, chosen)
+
+    def _decided(self, word: str, frontier: int, start: list[int],
+                 chosen: list[int]) -> list[int]:
+        """The ids every best path to the last ``longest`` positions shares."""
+        ends = set(range(max(1, frontier - self._longest + 1), frontier + 1))
+        while len(ends) > 1:
+            last = max(ends)
+            if last < frontier - 4 * CONVERGE_EVERY:
+                return []  # not decided nearby (say, a run of one letter): go on reading
+            ends.discard(last)
+            ends.add(start[last])
+        meet = ends.pop()
+        if meet <= 0:
+            return []
+        out = self._backtrace(word, meet, start, chosen)
+        if chosen[meet] == self.unk_id:
+            out.pop()  # a run of unknown characters may go on past this point
+        return out
+
+    def _backtrace(self, word: str, end: int, start: list[int],
+                   chosen: list[int]) -> list[int]:
+        ids, unk = self._ids, self.unk_id
         out: list[int] = []
         unknown: list[str] = []
-        end = n
         while end > 0:
             begin = start[end]
             if chosen[end] == unk:

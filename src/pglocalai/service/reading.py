@@ -15,9 +15,10 @@ The jobs are generators that yield between windows (:class:`Slicer`), so the thr
 that runs them (:mod:`pglocalai.service.slices`) can turn to another request after a
 few milliseconds of work whatever the size of this one.
 
-Why a window boundary changes no id. A window ends just before a space U+0020 whose
-two neighbours are *ordinary*: a letter or a decimal digit (Unicode L or Nd) that is
-no grapheme Prepend or SpacingMark character and that the tokenizer's own normaliser
+Why a window boundary changes no id. A window ends just before a space U+0020 (or a
+newline, tab or U+3000 that the normaliser turns into one) whose two neighbours are
+*ordinary*: a letter, digit, punctuation mark or symbol (Unicode L but Lm, N, P, S but
+Sk) that is no grapheme Prepend or SpacingMark character and that the tokenizer's own normaliser
 maps to a non-empty string that neither starts nor ends with whitespace nor starts
 with a combining mark; and no added token with whitespace inside lies across it.
 For the pipelines ``windowed`` admits (normalisers acting on a character, a grapheme
@@ -39,16 +40,19 @@ Whitespace, ByteLevel, ...):
 
 Hence ids(A + " " + B) == ids(A) + ids(" " + B), and a text's ids are the ids of
 its windows one after the other. ``windows_agree`` checks this for a tokenizer at
-load on sample texts, at every such cut. Text without such a space for a whole
-window (unbroken CJK or Thai, a 4,096-character word, junk) is cut at the window's
-end: the ids at that seam may then differ from a whole-text tokenisation (a word cut
-in two). To embed, that matters only when the kept tokens need more than a window of
-it, i.e. never for 512 tokens of CJK text, whose 512th token comes well before.
+load on sample texts, at every such cut. A stretch of ``FORCED_CUT_FACTOR`` windows
+(8,192 characters) without such a space (unbroken CJK or Thai text, a giant word, junk)
+is cut where it stands: the ids at that seam may differ from a whole-text tokenisation
+(a word cut in two), so a token count may be off by a token or two per seam. To embed,
+that matters only when the kept tokens need more than 8,192 characters of such text,
+i.e. never for 512 tokens of CJK text (about 1,000 characters). The compact tokenizer
+also stops inside a long word once its kept ids are decided (``CompactUnigram._segment``).
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,12 +65,16 @@ from pglocalai.errors import BadRequest, InferenceFailed, InputTooLarge, Pglocal
 if TYPE_CHECKING:
     from pglocalai.service.tokenizer import TextTokenizer
 
-WINDOW_CHARS = 4096  # characters tokenised in one go: a few ms of work
+WINDOW_CHARS = 2048  # characters tokenised in one go: a few ms of work
 FORCED_CUT_FACTOR = 4  # how far past a window a cut at a space is looked for
 SCAN_CHARS_PER_TOKEN = 64  # natural text needs 2-10 characters per token
 MAX_COUNT_CHARS = 1 << 20  # token_count reads at most this many characters of a text
 _VALIDATE_BYTES = 1 << 20  # bytes of an unread tail checked as UTF-8 in one go
-_LETTERS_DIGITS = frozenset({"Lu", "Ll", "Lt", "Lo", "Nd"})
+# Letters, digits, punctuation and symbols: never grapheme Extend (Mn, Me, Lm such as
+# U+FF9E, Sk emoji modifiers) nor Prepend/SpacingMark but for the letters listed below
+_ORDINARY = frozenset({"Lu", "Ll", "Lt", "Lo", "Nd", "Nl", "No", "Pc", "Pd", "Ps", "Pe", "Pi",
+                       "Pf", "Po", "Sm", "Sc", "So"})
+_OTHER_SPACES = "\t\n\r\x0b\x0c\u3000"  # whitespace a normaliser may map to U+0020
 # Letters with grapheme property Prepend (they join the next character) or
 # SpacingMark (they join the previous one), Unicode 15.1
 _NOT_ORDINARY = frozenset(
@@ -77,16 +85,28 @@ Text = str | bytes | bytearray | memoryview
 
 
 class Cuts:
-    """Which spaces a tokenizer's texts may be cut at (see the module docstring)."""
+    """Where a tokenizer's texts may be cut (see the module docstring).
+
+    ``spaces``: the characters a cut may be made before, U+0020 and, where the
+    normaliser maps them to it, other whitespace (a newline, a tab, U+3000).
+    """
 
     def __init__(self, normalize: Callable[[str], str] | None,
-                 added_tokens: Iterable[str] = ()) -> None:
+                 added_tokens: Iterable[str] = (), spaces: str = " ") -> None:
         self._normalize = normalize
         # an added token with whitespace inside could span a cut; others cannot, and
         # lstrip/rstrip take whitespace next to a token the same way in both windows
         self._spaced = tuple(t for t in added_tokens if any(c.isspace() for c in t))
         self._reach = max(map(len, self._spaced), default=0)
+        self.spaces = spaces
+        self._find = re.compile(f"[{re.escape(spaces)}]")
         self._known: dict[str, bool] = {}
+
+    def widened(self) -> Cuts:
+        """The same rule, cutting before any whitespace the normaliser makes a space."""
+        norm = self._normalize
+        extra = "".join(c for c in _OTHER_SPACES if norm is not None and norm(c) == " ")
+        return Cuts(norm, self._spaced, " " + extra)
 
     def ordinary(self, char: str) -> bool:
         known = self._known.get(char)
@@ -97,15 +117,16 @@ class Cuts:
         return known
 
     def _check(self, char: str) -> bool:
-        if unicodedata.category(char) not in _LETTERS_DIGITS or char in _NOT_ORDINARY:
+        if unicodedata.category(char) not in _ORDINARY or char in _NOT_ORDINARY:
             return False
         norm = self._normalize(char) if self._normalize is not None else char
         return (bool(norm) and not norm[0].isspace() and not norm[-1].isspace()
                 and unicodedata.category(norm[0])[0] != "M")
 
     def at(self, text: str, p: int) -> bool:
-        """Whether the space at ``p`` is a cut (0 < p < len(text) - 1)."""
-        if not (self.ordinary(text[p - 1]) and self.ordinary(text[p + 1])):
+        """Whether ``text`` may be cut before ``p`` (0 < p < len(text) - 1)."""
+        if text[p] not in self.spaces or not (self.ordinary(text[p - 1])
+                                              and self.ordinary(text[p + 1])):
             return False
         if self._spaced:
             near = text[max(0, p - self._reach + 1) : p + self._reach]
@@ -113,21 +134,18 @@ class Cuts:
         return True
 
     def last(self, text: str, end: int) -> int | None:
-        """The last cut before ``end`` (index of its space), or None; needs len > end."""
-        p = text.rfind(" ", 1, end)
-        while p > 0:
-            if self.at(text, p):
-                return p
-            p = text.rfind(" ", 1, p)
-        return None
+        """The last cut in [1, end), or None; needs len(text) > end."""
+        found = None
+        for match in self._find.finditer(text, 1, end):
+            if self.at(text, match.start()):
+                found = match.start()
+        return found
 
     def first(self, text: str, start: int, end: int) -> int | None:
-        """The first cut in [start, end), or None; needs len > end."""
-        p = text.find(" ", max(1, start), end)
-        while p > 0:
-            if self.at(text, p):
-                return p
-            p = text.find(" ", p + 1, end)
+        """The first cut in [start, end), or None; needs len(text) > end."""
+        for match in self._find.finditer(text, max(1, start), end):
+            if self.at(text, match.start()):
+                return match.start()
         return None
 
 
@@ -294,6 +312,9 @@ def _too_long_to_count() -> InputTooLarge:
 
 # Texts whose cuts exercise scripts, marks, digits, punctuation and added tokens.
 _SAMPLES = (
+    "第一段落の文章です。\n第二段落が続きます、ここで。\n\n第三段落。\r\n最後。\t終わり「引用」\u3000次",
+    "Ende.\nNeuer Absatz: 42%\tTabs, (Klammern) [eckig] {geschweift} \"q\" ¿que? ¡si! €5 §3 © ±1",
+    "emoji 🧪 🚀 👍🏻 ok 🇫🇷 🇩🇪 flags \u200d joiner a\u0301 b \u00b4 c \ufe70 d \u037a e",
     "The quick brown fox jumps over the lazy dog 42 times, doesn't it? Yes: 3.14 e.g. x-y z",
     "Ça coûte 12 € à Paris ; Straße Maß Öl ärger naïve café résumé e\u0301te\u0301 ﬁn ﬀ",
     "Москва столица России а Київ столиця України Αθήνα πρωτεύουσα της Ελλάδας 123 456",

@@ -88,7 +88,12 @@ def load_tokenizer(tokenizer_json: str, mode: str = "compact") -> TextTokenizer:
     tok.windowed = False
     reason = not_windowable(spec)
     if reason is None:
+        spaces_only = tok.cuts
+        tok.cuts = spaces_only.widened()  # newlines too, where they normalise to a space
         tok.windowed = windows_agree(tok)
+        if not tok.windowed and tok.cuts.spaces != " ":
+            tok.cuts = spaces_only
+            tok.windowed = windows_agree(tok)
         reason = None if tok.windowed else "windows disagree with whole texts on samples"
     if reason is not None:
         get_logger().warning("tokenizer_not_windowed", reason=reason,
