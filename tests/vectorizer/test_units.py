@@ -14,7 +14,7 @@ from pglocalai.service.chunking import split_at, split_text
 from pglocalai.vectorizer import embedding
 from pglocalai.vectorizer.batch import Limits, estimate_tokens
 from pglocalai.vectorizer.plan import CATALOG_EXAMPLE, Vectorizer
-from pglocalai.vectorizer.worker import Backoff
+from pglocalai.vectorizer.presence import Backoff
 
 
 def words_counter(texts: list[str]) -> list[int]:

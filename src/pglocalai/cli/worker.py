@@ -48,6 +48,9 @@ def add_worker_parser(subparsers: Any) -> None:
                         "can read)")
     p.add_argument("--once", action="store_true",
                    help="exit when nothing is left to do (exit code 1 if an error remains)")
+    p.add_argument("--log-file", default=_env("LOG_FILE", "") or None,
+                   help="append the log lines to this file instead of stderr "
+                        "[PGLOCALAI_WORKER_LOG_FILE]")
     p.add_argument("--log-format", choices=("json", "text"), default=_env("LOG_FORMAT", "json"),
                    help="log lines when stderr is not a terminal (default json) "
                         "[PGLOCALAI_WORKER_LOG_FORMAT]")
@@ -66,8 +69,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise InvalidArgument(f"{name} must be at least 1, not {value}")
     if args.poll_interval <= 0:
         raise InvalidArgument(f"--poll-interval must be positive, not {args.poll_interval}")
-    setup_logging(args.log_format, None, args.log_level)
+    setup_logging(args.log_format, args.log_file, args.log_level)
+    report = None
+    if args.log_file:
+        from pglocalai.vectorizer.report import Report  # noqa: PLC0415
+
+        report = Report(tty=False)  # a file gets log lines, even when started from a terminal
     options = Options(dsn=args.dsn, socket=args.socket, batch_tokens=args.batch_tokens,
                       poll_interval=args.poll_interval, lanes=args.concurrency, once=args.once,
                       vectorizers=tuple(args.vectorizer))
-    return Worker(options).run()
+    return Worker(options, report).run()

@@ -116,6 +116,15 @@ class Vectorizer:
             return self.chunks_table
         return f"{self.source}.{_ident(self.target_column or '')}"
 
+    def privileges_hint(self) -> str:
+        """What a worker's role needs for this vectorizer (the hint of a permission error)."""
+        write = (f"SELECT, INSERT, DELETE on {self.destination} and UPDATE on a column of "
+                 f"{self.source} (for its row locks)" if self.chunked
+                 else f"UPDATE on {self.destination}")
+        return (f"the worker's role needs SELECT on {self.source}, {write}, and SELECT, INSERT, "
+                f"UPDATE, DELETE on {self.queue} and {self.failures}; the table's owner can "
+                "grant them")
+
     def label(self) -> str:
         """How logs and the console name it: ``1 public.docs.body``."""
         return f"{self.id} {self.source}.{_ident(self.input_column)}"

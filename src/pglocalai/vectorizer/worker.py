@@ -23,9 +23,7 @@ worker deregisters and exits 0.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket as socketlib
 import threading
 import time
 from collections.abc import Iterator
@@ -36,16 +34,18 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pglocalai import __version__, errors
+from pglocalai import errors
 from pglocalai.client import DEFAULT_SOCKET, Client
 from pglocalai.vectorizer.batch import Limits, Stale, run_batch
 from pglocalai.vectorizer.embedding import MODEL, describe
 from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
+from pglocalai.vectorizer.presence import Backoff, Presence
 from pglocalai.vectorizer.report import Report
 
 CHANNEL = "azure_local_ai_vectorizer"
 PAUSE_S = 60.0  # a vectorizer that cannot work (model, privileges) is tried again after this
 HEARTBEAT_S = 10.0
+EXTENSION_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,6 @@ class Options:
     signals: bool = True  # SIGTERM and SIGINT stop it (when run in the main thread)
 
 
-class Backoff:
-    """0.5 s doubling to 30 s, with jitter so that workers do not come back in step."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
-        self.first, self.cap, self.delay = first, cap, 0.0
-
-    def next(self) -> float:
-        self.delay = min(self.cap, self.delay * 2 or self.first)
-        return self.delay * random.uniform(0.75, 1.25)
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-
 class Worker:
     def __init__(self, options: Options, report: Report | None = None) -> None:
         self.options = options
@@ -88,7 +74,7 @@ class Worker:
         self._runtime_backoff = Backoff()
         self._runtime_until = 0.0
         self._reload = threading.Event()
-        self._worker_id: str | None = None
+        self._presence = Presence(options.vectorizers)
         self._max_tokens: dict[str, int] = {}
         self._lane_ended = threading.Event()
 
@@ -100,10 +86,11 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop.set())
         control = self._connect(Backoff())
-        if control is None:
+        while control is not None and not self._extension_ready(control):
+            self.stop.wait(EXTENSION_WAIT_S)  # until the extension is created or updated
+        if control is None or self.stop.is_set():
             return 0
-        self._check_extension(control)
-        self._register(control)
+        self._presence.register(control)
         self._load(control)
         self.report.event("worker_started", pid=os.getpid(), lanes=len(self._wakes),
                           vectorizers=",".join(map(str, self._catalog)) or "none yet")
@@ -128,7 +115,7 @@ class Worker:
                 wake.set()
             for t in threads:
                 t.join(timeout=self.options.request_timeout_ms / 1000 + 10)
-            self._unregister(control)
+            self._presence.leave(control)
             self.report.finish()
             self.report.event("worker_stopped", written=self.report.total_written,
                               failed=self.report.total_failed)
@@ -156,14 +143,24 @@ class Worker:
                 self.stop.wait(delay)
         return None
 
-    def _check_extension(self, conn: psycopg.Connection[Any]) -> None:
+    def _extension_ready(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether the database has vectorizers (azure_local_ai 1.1.0 or later). A service
+        waits for them (the extension may be updated after it starts); --once fails."""
         if conn.execute("select pg_catalog.to_regclass('azure_local_ai.vectorizer')"
-                        ).fetchone()[0] is None:
-            raise errors.InvalidArgument(
-                f"database \"{conn.info.dbname}\" has no vectorizers",
-                detail="the azure_local_ai extension is missing or older than 1.1.0",
-                hint="CREATE EXTENSION azure_local_ai CASCADE, or ALTER EXTENSION azure_local_ai "
-                     "UPDATE")
+                        ).fetchone()[0] is not None:
+            return True
+        error = errors.InvalidArgument(
+            f"database \"{conn.info.dbname}\" has no vectorizers",
+            detail="the azure_local_ai extension is missing or older than 1.1.0",
+            hint="CREATE EXTENSION azure_local_ai CASCADE, or ALTER EXTENSION azure_local_ai "
+                 "UPDATE" + ("" if self.options.once else
+                             f"; the worker looks again every {EXTENSION_WAIT_S:.0f} s"))
+        if self.options.once:
+            raise error
+        if not getattr(self, "_said_no_extension", False):
+            self._said_no_extension = True
+            self.report.error(error.message, detail=error.detail, hint=error.hint)
+        return False
 
     # -- the catalog, heartbeat, retries -------------------------------------------------
 
@@ -197,7 +194,7 @@ class Worker:
                 conn = self._connect(Backoff(cap=5.0))
                 if conn is None:
                     return None
-                self._register(conn)
+                self._presence.register(conn)
             self._reload.clear()
             self._load(conn)
             for v in self._active():
@@ -232,36 +229,13 @@ class Worker:
             self._errors.pop(None, None)
         self.report.event("runtime_back", socket=self.options.socket)
 
-    def _register(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("delete from azure_local_ai.vectorizer_worker "
-                     "where heartbeat_at < pg_catalog.now() - interval '1 hour' or id = %s",
-                     (self._worker_id,))  # our row of a session that was cut, if any
-        self._worker_id = str(conn.execute(
-            "insert into azure_local_ai.vectorizer_worker (host, pid, version, vectorizers, "
-            "backend_start) values (%s, %s, %s, %s, (select backend_start from "
-            "pg_catalog.pg_stat_activity where pid = pg_catalog.pg_backend_pid())) returning id",
-            (socketlib.gethostname(), os.getpid(), __version__,
-             list(self.options.vectorizers) or None)).fetchone()[0])
-
     def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
             latest = max(self._errors.items(), key=lambda e: e[1][1], default=None)
-        message, at, vid = (latest[1][0], latest[1][1], latest[0]) if latest else (None, None, None)
-        cur = conn.execute(
-            "update azure_local_ai.vectorizer_worker set heartbeat_at = pg_catalog.now(), "
-            "last_error = %s, last_error_at = pg_catalog.to_timestamp(%s), "
-            "last_error_vectorizer = %s where id = %s",
-            (message, at, vid, self._worker_id))
-        if cur.rowcount == 0:
-            self._register(conn)
-
-    def _unregister(self, conn: psycopg.Connection[Any] | None) -> None:
-        if conn is None or conn.closed or self._worker_id is None:
-            return
-        with suppress(psycopg.Error):
-            conn.execute("delete from azure_local_ai.vectorizer_worker where id = %s",
-                         (self._worker_id,))
-            conn.close()
+        if latest is None:
+            self._presence.beat(conn, None, None, None)
+        else:
+            self._presence.beat(conn, latest[1][0], latest[1][1], latest[0])
 
     def _active(self) -> list[Vectorizer]:
         now = time.monotonic()
@@ -354,7 +328,7 @@ class Worker:
                 conn.close()
                 return worked, False
             except psycopg.errors.InsufficientPrivilege as exc:
-                self._fail(str(exc).strip(), v.id, pause=PAUSE_S, hint=_privileges_hint(v))
+                self._fail(str(exc).strip(), v.id, pause=PAUSE_S, hint=v.privileges_hint())
                 clean = False
                 continue
             except psycopg.Error as exc:
@@ -423,9 +397,3 @@ class Worker:
         for wake in self._wakes:
             wake.set()
 
-
-def _privileges_hint(v: Vectorizer) -> str:
-    write = (f"SELECT, INSERT, DELETE on {v.destination} and UPDATE on a column of {v.source} "
-             "(for its row locks)" if v.chunked else f"UPDATE on {v.destination}")
-    return (f"the worker's role needs SELECT on {v.source}, {write}, and SELECT, INSERT, UPDATE, "
-            f"DELETE on {v.queue} and {v.failures}; the table's owner can grant them")
