@@ -248,3 +248,37 @@ def test_the_worker_reconnects_when_its_sessions_are_cut(vconn, start_worker) ->
     assert proc.poll() is None
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.runtime
+def test_three_workers_two_runtimes_one_killed(vconn, start_worker, runtime,
+                                               deployed_socket) -> None:
+    """Scale-out as on several hosts: workers on two runtimes share one vectorizer; one is
+    killed mid-run. Every row is written exactly once, none is lost."""
+    make_docs(vconn, "shared", 1500)
+    vconn.execute("CREATE TABLE shared_writes (id integer)")
+    vconn.execute("CREATE FUNCTION shared_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$BEGIN INSERT INTO shared_writes VALUES (new.id); RETURN NULL; END$$")
+    vconn.execute("CREATE TRIGGER audit AFTER UPDATE OF embedding ON shared FOR EACH ROW "
+                  "WHEN (new.embedding IS NOT NULL) EXECUTE FUNCTION shared_audit()")
+    vid = vectorize(vconn, "shared")
+    small = ("--batch-tokens", "600", "--concurrency", "1")
+    workers = [start_worker("--socket", deployed_socket, *small),
+               start_worker("--socket", runtime.socket, *small),
+               start_worker("--socket", runtime.socket, *small)]
+    wait_until(lambda: status(vconn, vid)["workers"] == 3, timeout=60, what="three workers")
+    # small batches: a worker nearly always holds one (test_a_killed_worker_gives_its_batch_back
+    # makes sure of it with a runtime that never answers)
+    wait_until(lambda: vconn.execute("SELECT count(*) FROM shared_writes").fetchone()[0] >= 300,
+               timeout=120, what="the workers are under way")
+    workers[1].send_signal(signal.SIGKILL)
+    workers[1].wait(timeout=10)
+    wait_until(lambda: status(vconn, vid)["pending"] == 0, timeout=300, what="all rows done")
+    per_row = dict(vconn.execute("SELECT k.id, count(w.id) FROM shared k "
+                                 "LEFT JOIN shared_writes w USING (id) GROUP BY k.id").fetchall())
+    assert per_row == {i: 1 for i in range(1, 1501)}
+    assert max_difference(vconn, "shared") <= 1e-5
+    assert status(vconn, vid)["workers"] == 2
+    for proc in (workers[0], workers[2]):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
