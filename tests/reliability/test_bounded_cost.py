@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import E5, PeakSampler, Repeating, Runtime, mib, read_frame
+from support import E5, PeakSampler, Runtime, Witness, mib, read_frame
 
 from pglocalai import protocol
 from pglocalai.client import Client
@@ -31,38 +31,6 @@ pytestmark = [pytest.mark.runtime, pytest.mark.model]
 WITNESS_BOUND_S = 1.0  # the guarantee: short calls are not held up by a big one
 RSS_BOUND = 300 << 20
 SHORT = "ab " * 600  # 600 tokens: cut to the same 512 as any longer repetition
-
-
-class Witness(Repeating):
-    """Short calls of another client, in a loop: the slowest and every failure are kept."""
-
-    interval = 0.01
-
-    def __init__(self, sock: str) -> None:
-        super().__init__()
-        self.client = Client(sock)
-        self.expected = np.asarray(self.client.embed(E5, ["witness"])[0])
-        self.calls = 0
-        self.slowest = 0.0
-        self.errors: list[str] = []
-
-    def step(self) -> None:
-        for call in (lambda: self.client.embed(E5, ["witness"], timeout_ms=30_000),
-                     lambda: self.client.token_count(E5, ["witness"], timeout_ms=30_000),
-                     lambda: self.client.get_settings(["spin_control"], timeout_ms=30_000)):
-            started = time.monotonic()
-            try:
-                out = call()
-                if isinstance(out, list) and isinstance(out[0], list):
-                    assert float(np.asarray(out[0]) @ self.expected) > 0.9999
-                self.calls += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is a finding
-                self.errors.append(repr(exc))
-            self.slowest = max(self.slowest, time.monotonic() - started)
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        self.client.close()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +47,8 @@ def measured(rt: Runtime, work: Any) -> dict[str, Any]:
     """Run ``work(client)`` beside a witness; RSS, the witness's slowest call, the result."""
     proc = rt.process()
     before = proc.memory_info().rss
-    with Client(rt.socket) as client, Witness(rt.socket) as witness, \
+    with Client(rt.socket) as client, Witness(
+            rt.socket, kinds=("embed", "token_count", "get_setting"), interval=0.01) as witness, \
             PeakSampler({"rss": lambda: proc.memory_info().rss}, interval=0.02) as peak:
         time.sleep(0.2)  # the witness is running
         started = time.monotonic()

@@ -19,10 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
-from support import E5, Repeating, Runtime, mib, wait_until
+from support import E5, Runtime, Witness, mib, wait_until
 
 from pglocalai import protocol
 from pglocalai.client import Client
@@ -107,35 +106,6 @@ def storm(sock_path: str, frames: int, seed: int) -> None:
                 pass  # the runtime closes a stream that is out of step
 
 
-class Witness(Repeating):
-    """A well-behaved client that embeds in a loop and checks every vector."""
-
-    interval = 0.02
-
-    def __init__(self, sock_path: str) -> None:
-        super().__init__()
-        self.client = Client(sock_path)
-        self.expected = np.asarray(self.client.embed(E5, [WITNESS_TEXT])[0])
-        self.calls = 0
-        self.errors: list[str] = []
-        self.slowest = 0.0
-
-    def step(self) -> None:
-        started = time.monotonic()
-        try:
-            vec = np.asarray(self.client.embed(E5, [WITNESS_TEXT], timeout_ms=30_000)[0])
-            if float(vec @ self.expected) < 0.999:
-                self.errors.append(f"wrong vector (cosine {float(vec @ self.expected)})")
-            self.calls += 1
-        except Exception as exc:  # noqa: BLE001 - every failure is a finding
-            self.errors.append(repr(exc))
-        self.slowest = max(self.slowest, time.monotonic() - started)
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        self.client.close()
-
-
 def run_storm(sock_path: str, frames: int, seed: int) -> None:
     threads = [threading.Thread(target=storm, args=(sock_path, frames // JUNK_CLIENTS, seed + i))
                for i in range(JUNK_CLIENTS)]
@@ -169,7 +139,7 @@ def fill_batches(sock_path: str) -> None:
 def test_junk_from_many_clients_while_a_witness_is_served(target: Runtime,
                                                           figures: dict[str, Any]) -> None:
     proc = target.process()
-    with Witness(target.socket) as witness:
+    with Witness(target.socket, WITNESS_TEXT) as witness:
         run_storm(target.socket, WARMUP_FRAMES, seed=1)
         fill_batches(target.socket)
         wait_until(lambda: target.stats()["totals"]["queue_depth"] == 0, 60, "queue drained")
@@ -218,7 +188,7 @@ def test_a_client_that_never_reads_is_pushed_back(target: Runtime,
         except TimeoutError:
             blocked = True  # the runtime stopped reading: back-pressure
         peak = proc.memory_info().rss
-        with Witness(target.socket) as witness:
+        with Witness(target.socket, WITNESS_TEXT) as witness:
             wait_until(lambda: witness.calls >= 3 or witness.errors, 60, "witness served")
         assert witness.errors == []
     finally:

@@ -36,14 +36,21 @@ from support.pg import (
     extension_version,
     install_package,
 )
-from support.runtime import FAKE_MODELS, FakeCatalog, FakeEngine, Runtime, fake_serve_command
+from support.runtime import (
+    FAKE_MODELS,
+    FakeCatalog,
+    FakeEngine,
+    Runtime,
+    Witness,
+    fake_serve_command,
+)
 from support.wire import connect_as, raw_connect, raw_frame, read_frame
 
 __all__ = [
     "E5", "FAKE_MODELS", "FakeCatalog", "FakeEngine", "MARKERS", "MINILM", "PeakSampler", "ROOT",
-    "Repeating", "Runtime", "backend", "cli", "connect", "connect_as", "connection_params",
-    "create_database", "database_name", "drop_database", "extension_version", "fake_serve_command",
-    "install_package", "mib", "missing", "model_store", "models_dir", "needs", "pglocalai_command",
-    "private_bytes", "private_dir", "raw_connect", "raw_frame", "read_frame", "required",
-    "run_env", "run_threads", "setting", "subprocess_env", "wait_until",
+    "Repeating", "Runtime", "Witness", "backend", "cli", "connect", "connect_as",
+    "connection_params", "create_database", "database_name", "drop_database", "extension_version",
+    "fake_serve_command", "install_package", "mib", "missing", "model_store", "models_dir",
+    "needs", "pglocalai_command", "private_bytes", "private_dir", "raw_connect", "raw_frame",
+    "read_frame", "required", "run_env", "run_threads", "setting", "subprocess_env", "wait_until",
 ]

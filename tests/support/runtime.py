@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 from pglocalai.client import Client
@@ -32,9 +33,9 @@ from pglocalai.service.catalog import StoreCatalog
 from pglocalai.service.config import ServiceConfig
 from pglocalai.service.settings import Settings
 from pglocalai.testing.fake_engine import FAKE_MODELS, FakeCatalog, FakeEngine
-from support.env import needs, pglocalai_command, private_dir, subprocess_env
+from support.env import E5, Repeating, needs, pglocalai_command, private_dir, subprocess_env
 
-__all__ = ["FAKE_MODELS", "FakeCatalog", "FakeEngine", "Runtime", "fake_serve_command"]
+__all__ = ["FAKE_MODELS", "FakeCatalog", "FakeEngine", "Runtime", "Witness", "fake_serve_command"]
 
 
 def fake_serve_command(delay_ms: float = 0.0) -> list[str]:
@@ -223,3 +224,51 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+
+class Witness(Repeating):
+    """A well-behaved client that keeps calling a runtime while others misbehave.
+
+    Every ``interval`` it makes each call of ``kinds`` (``embed``: one text, its vector
+    checked against the first; ``token_count``; ``get_setting``). ``calls`` counts the
+    calls that succeeded, ``errors`` keeps every failure (each one is a finding) and
+    ``slowest`` is the longest call in seconds.
+
+    >>> with Witness(rt.socket) as witness:
+    ...     misbehave()
+    >>> assert not witness.errors
+    """
+
+    def __init__(self, sock: str, text: str = "witness", kinds: Sequence[str] = ("embed",),
+                 interval: float = 0.02) -> None:
+        super().__init__()
+        self.interval = interval
+        self.client = Client(sock)
+        self.text, self.kinds = text, tuple(kinds)
+        self.expected = np.asarray(self.client.embed(E5, [text])[0])
+        self.calls = 0
+        self.errors: list[str] = []
+        self.slowest = 0.0
+
+    def call(self, kind: str) -> None:
+        if kind == "embed":
+            vec = np.asarray(self.client.embed(E5, [self.text], timeout_ms=30_000)[0])
+            if float(vec @ self.expected) < 0.9999:
+                raise AssertionError(f"wrong vector (cosine {float(vec @ self.expected)})")
+        elif kind == "token_count":
+            self.client.token_count(E5, [self.text], timeout_ms=30_000)
+        else:
+            self.client.get_settings(["spin_control"], timeout_ms=30_000)
+
+    def step(self) -> None:
+        for kind in self.kinds:
+            started = time.monotonic()
+            try:
+                self.call(kind)
+                self.calls += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                self.errors.append(f"{kind}: {exc!r}")
+            self.slowest = max(self.slowest, time.monotonic() - started)
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.client.close()
