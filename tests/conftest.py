@@ -25,6 +25,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,11 +38,9 @@ from support import (
     Runtime,
     connect,
     connection_params,
-    create_database,
-    database_name,
-    drop_database,
     missing,
     setting,
+    throwaway_database,
 )
 from support import env as support_env
 from support import model_store as find_model_store
@@ -85,13 +84,8 @@ def pg_params() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def pg_db(pg_params: dict[str, str]) -> Iterator[dict[str, str]]:
-    name = database_name("test")
-    try:
-        db = create_database(pg_params, name, extra=("vector",))
-    except psycopg.Error as exc:
-        missing(f"cannot create a database with azure_local_ai: {exc}")
-    yield db
-    drop_database(pg_params, name)
+    with throwaway_database(pg_params, "test", extra=("vector",)) as db:
+        yield db
 
 
 @pytest.fixture()
@@ -102,17 +96,14 @@ def pg_conn(pg_db: dict[str, str]) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture()
 def make_db(pg_params: dict[str, str]) -> Iterator[Callable[..., dict[str, str]]]:
-    made: list[str] = []
     count = itertools.count()
+    with contextlib.ExitStack() as made:
 
-    def make(version: str | None = None, extension: bool = True) -> dict[str, str]:
-        name = database_name(f"test_own{next(count)}")
-        made.append(name)
-        return create_database(pg_params, name, extension=extension, version=version)
+        def make(version: str | None = None, extension: bool = True) -> dict[str, str]:
+            return made.enter_context(throwaway_database(
+                pg_params, f"test_own{next(count)}", extension=extension, version=version))
 
-    yield make
-    for name in made:
-        drop_database(pg_params, name)
+        yield make
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from support.pg import (
     drop_database,
     extension_version,
     install_package,
+    throwaway_database,
 )
 from support.runtime import (
     FAKE_MODELS,
@@ -52,5 +53,6 @@ __all__ = [
     "connection_params", "create_database", "database_name", "drop_database", "extension_version",
     "fake_serve_command", "install_package", "mib", "missing", "model_store", "models_dir",
     "needs", "pglocalai_command", "private_bytes", "private_dir", "raw_connect", "raw_frame",
-    "read_frame", "required", "run_env", "run_threads", "setting", "subprocess_env", "wait_until",
+    "read_frame", "required", "run_env", "run_threads", "setting", "subprocess_env",
+    "throwaway_database", "wait_until",
 ]

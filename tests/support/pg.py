@@ -6,8 +6,10 @@ database, so each run sees a fresh ``CREATE EXTENSION azure_local_ai CASCADE``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from support.env import ROOT, needs, setting
+from support.env import ROOT, missing, needs, setting
 
 PG_KEYS = {"PGHOST": "host", "PGPORT": "port", "PGUSER": "user", "PGDATABASE": "dbname"}
 
@@ -52,9 +54,10 @@ def create_database(params: dict[str, str], name: str, *, extension: bool = True
     with _session(db) as conn:
         conn.execute("SET client_min_messages = warning")
         if extension:
-            create = "CREATE EXTENSION azure_local_ai CASCADE"
-            conn.execute(create + (" VERSION %s" if version else ""),
-                         (version,) if version else None)
+            version_clause = sql.SQL(" VERSION {}").format(sql.Literal(version)) if version \
+                else sql.SQL("")
+            conn.execute(sql.SQL("CREATE EXTENSION azure_local_ai{} CASCADE").format(
+                version_clause))
         for other in extra:
             conn.execute(sql.SQL("CREATE EXTENSION {}").format(sql.Identifier(other)))
     return db
@@ -64,6 +67,23 @@ def drop_database(params: dict[str, str], name: str) -> None:
     with _session(params) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def throwaway_database(params: dict[str, str], prefix: str,
+                       **kw: Any) -> Iterator[dict[str, str]]:
+    """``create_database`` (``kw`` as there) under a fresh name, dropped however the block
+    ends; a database that cannot be made skips the test, or fails it under `make test`."""
+    name = database_name(prefix)
+    try:
+        db = create_database(params, name, **kw)
+    except psycopg.Error as exc:
+        drop_database(params, name)
+        missing(f"cannot create a database with azure_local_ai: {exc}")
+    try:
+        yield db
+    finally:
+        drop_database(params, name)
 
 
 def database_name(prefix: str) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
-from support import needs, run_env
+from support import connect, extension_version, needs, run_env
 from support.runtime import flags
 
 
@@ -33,3 +36,17 @@ def test_options_become_serve_flags() -> None:
     assert flags({"max_batch_size": 1, "supervise": True, "daemon": False, "tcp": None,
                   "preload": "all"}) == ["--max-batch-size", "1", "--supervise",
                                          "--preload", "all"]
+
+
+def test_make_db_gives_databases_of_their_own(make_db: Callable[..., dict[str, str]],
+                                              pg_conn: psycopg.Connection[Any]) -> None:
+    old, bare = make_db(version="1.0.0"), make_db(extension=False)
+    assert old["dbname"] != bare["dbname"] != pg_conn.info.dbname
+    with connect(old) as conn:
+        assert extension_version(conn) == "1.0.0"
+    with connect(bare) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'azure_local_ai'"
+                            ).fetchone() == (0,)
+    assert extension_version(pg_conn) == pg_conn.execute(
+        "SELECT default_version FROM pg_available_extensions WHERE name = 'azure_local_ai'"
+    ).fetchone()[0]
