@@ -131,3 +131,20 @@ def test_seven_million_tiny_texts_are_refused_before_decoding(runtime: Runtime,
     assert reply.header["code"] == "input_too_large" and "7000000 texts" in \
         reply.header["message"]
     assert m["rss_growth"] < 100 << 20  # the frame's bytes, not 7 million decoded texts
+
+
+@pytest.mark.parametrize("script", ["prose", "cjk"])
+def test_chunking_the_largest_text_allowed_is_bounded(runtime: Runtime, figures: dict[str, Any],
+                                                      script: str) -> None:
+    """CHUNK cuts on the event loop between token counts: at its cap, others still pass."""
+    from pglocalai.service.chunking import MAX_CHUNK_CHARS  # noqa: PLC0415 - runtime side
+
+    unit = "Words make sentences. " if script == "prose" else "漢字仮名交じり文"
+    text = (unit * (MAX_CHUNK_CHARS // len(unit) + 1))[:MAX_CHUNK_CHARS]
+    m = measured(runtime, lambda c: c.chunk(E5, text, 256, 0))
+    assert not isinstance(m["result"], Exception), m["result"]
+    chunks = m["result"]
+    assert "".join(chunks) == text and len(chunks) > 100  # no overlap asked: the text back
+    check(figures, f"chunk_{script}", m)
+    with Client(runtime.socket) as c, pytest.raises(InputTooLarge):
+        c.chunk(E5, text + "x", 256, 0)

@@ -24,12 +24,13 @@ before, up to about ``overlap_tokens``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pglocalai.errors import BadRequest, InvalidArgument
+from pglocalai.errors import BadRequest, InputTooLarge, InvalidArgument
 from pglocalai.protocol import Frame, Kind
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ _BOUNDARIES = [
 ]
 MAX_CHARS_PER_TOKEN = 16  # a tokenizer piece is rarely longer: a longer text surely overflows
 MAX_CHUNKS = 100_000
+# The cutting runs on the event loop between its token counts (which run in the tokenizer
+# thread): bounding the text bounds each step (a regex pass, a list of characters) to a few ms,
+# so one huge document cannot hold up every other request. About 64,000 tokens of prose.
+MAX_CHUNK_CHARS = 256 * 1024
 
 
 def _cut(text: str, pattern: re.Pattern[str]) -> list[str]:
@@ -67,6 +72,19 @@ def _characters(text: str) -> list[str]:
         else:
             out.append(ch)
     return out
+
+
+CHARACTERS = len(_BOUNDARIES)  # the level of runs of characters; one more: single characters
+_THREAD_CHARS = 16 * 1024  # cutting a longer text into characters runs off the event loop
+
+
+async def _runs(text: str, size: int) -> list[str]:
+    """``text`` in runs of ``size`` characters (marks kept with theirs). A token covers at
+    least one character, so a run of ``size`` costs about ``size`` tokens at most: a text
+    without spaces is cut in a few hundred counts, not one per character."""
+    chars = await asyncio.to_thread(_characters, text) if len(text) > _THREAD_CHARS \
+        else _characters(text)
+    return ["".join(chars[i : i + size]) for i in range(0, len(chars), size)]
 
 
 def split_at(text: str, level: int) -> list[str]:
@@ -105,8 +123,11 @@ async def split_text(text: str, max_tokens: int, overlap_tokens: int, count: Cou
             if tail:
                 tail = ""  # the overlap goes before the piece itself is cut
                 continue
-            finer = await _fit([pieces[i][0]], _level_below(pieces[i][0]), max(1, budget - 1),
-                               empty, count)
+            level = _level_below(pieces[i][0])
+            finer = await _fit([pieces[i][0]], level, max(1, budget - 1), empty, count)
+            if len(finer) == 1 and level == CHARACTERS:  # one run: its characters
+                finer = await _fit([pieces[i][0]], CHARACTERS + 1, max(1, budget - 1), empty,
+                                   count)
             if len(finer) == 1:
                 end = i + 1  # one character over the limit: nothing finer exists
                 break
@@ -130,6 +151,8 @@ async def _longest(pieces: list[tuple[str, int]], i: int, tail: str, prefix: str
     """
     async def fits(end: int) -> bool:
         text = tail + "".join(p for p, _ in pieces[i:end])
+        if len(text) > MAX_CHARS_PER_TOKEN * max_tokens:
+            return False  # surely too long: never ask the tokenizer to count a huge probe
         return (await count([prefix + text]))[0] <= max_tokens
 
     end, total = i + 1, pieces[i][1]
@@ -195,7 +218,10 @@ async def _fit(texts: list[str], level: int, budget: int, empty: int,
                count: Counter) -> list[tuple[str, int]]:
     """``texts`` cut at ``level`` (-1: not cut), and pieces still over ``budget`` tokens cut at
     the next levels: (piece, its tokens without the specials)."""
-    pieces = [p for t in texts for p in (split_at(t, level) if level >= 0 else [t])]
+    if level == CHARACTERS:  # runs first; a run that still overflows is cut in characters
+        pieces = [p for t in texts for p in await _runs(t, max(1, budget // 2))]
+    else:
+        pieces = [p for t in texts for p in (split_at(t, level) if level >= 0 else [t])]
     # a piece that cannot fit whatever its words is cut without asking the tokenizer
     long = [len(p) > MAX_CHARS_PER_TOKEN * budget for p in pieces]
     sized = [p for p, too_long in zip(pieces, long, strict=True) if not too_long]
@@ -203,11 +229,17 @@ async def _fit(texts: list[str], level: int, budget: int, empty: int,
     out: list[tuple[str, int]] = []
     for piece, too_long in zip(pieces, long, strict=True):
         tokens = budget + 1 if too_long else max(1, next(counts) - empty)
-        if tokens <= budget or level >= len(_BOUNDARIES) or len(piece) == 1:
+        if tokens <= budget or level > CHARACTERS or len(piece) == 1:
             out.append((piece, min(tokens, budget)))
         else:
             out.extend(await _fit([piece], level + 1, budget, empty, count))
     return out
+
+
+def _too_long(size: int, unit: str) -> InputTooLarge:
+    return InputTooLarge(f"text too long to chunk: at most {MAX_CHUNK_CHARS} characters",
+                         detail=f"the text has {size} {unit}",
+                         hint="store a long document in several rows, e.g. one per section")
 
 
 async def handle(server: Server, frame: Frame, deadline: Deadline) -> Frame:
@@ -225,14 +257,22 @@ async def handle(server: Server, frame: Frame, deadline: Deadline) -> Frame:
     if not isinstance(max_tokens, int) or not isinstance(overlap, int) \
             or not isinstance(prefix, str):
         raise BadRequest("max_tokens and overlap_tokens must be integers, prefix a string")
+    if len(texts[0]) > 4 * MAX_CHUNK_CHARS:  # bytes: over the limit at any width
+        raise _too_long(len(texts[0]), "bytes")
     try:
         text = bytes(texts[0]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgument("input text is not valid UTF-8", detail=str(exc)) from None
+    if len(text) > MAX_CHUNK_CHARS:
+        raise _too_long(len(text), "characters")
     queue = await server.models.get(model_of(header), deadline.left())
 
     async def count(batch: list[str]) -> list[int]:
-        return list(await deadline.run(queue.count_tokens(batch), "the tokenizer"))
+        counts = list(await deadline.run(queue.count_tokens(batch), "the tokenizer"))
+        # a short count runs inline, without giving up the loop: yield between counts, or
+        # the thousands of counts of one long document would hold up every other request
+        await asyncio.sleep(0)
+        return counts
 
     chunks, overlaps = await split_text(text, max_tokens, overlap, count, prefix)
     reply: dict[str, Any] = {"chunks": chunks, "overlaps": overlaps}
