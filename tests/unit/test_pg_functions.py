@@ -356,3 +356,29 @@ def test_load_refuses_code_that_an_acl_lets_others_change(tmp_path: Path) -> Non
 def test_unit_vectors_come_back_unit(server: Runtime) -> None:
     literal = f.embed_text({}, E5, "norm", 1000, server.socket)
     assert math.isclose(math.fsum(x * x for x in parse(literal)), 1.0, rel_tol=1e-5)
+
+
+def test_a_large_batch_size_is_cut_at_the_protocol_limits(monkeypatch: pytest.MonkeyPatch,
+                                                          server: Runtime) -> None:
+    """batch_size 100,000 over 9,000 texts: requests of at most MAX_TEXTS_PER_REQUEST texts
+    (and MAX_TEXT_BYTES), never a 54000 refusal; the rows still come back in order."""
+    from pglocalai import protocol  # noqa: PLC0415
+
+    sizes: list[int] = []
+    real = Client.embed_stream
+
+    def spy(self: Client, model: str, chunks: Any, timeout_ms: Any = None,
+            depth: int = 2) -> Any:
+        def counted() -> Any:
+            for chunk in chunks:
+                sizes.append(len(chunk))
+                yield chunk
+        return real(self, model, counted(), timeout_ms, depth)
+
+    monkeypatch.setattr(Client, "embed_stream", spy)
+    monkeypatch.setattr(protocol, "MAX_TEXT_BYTES", 4 * 2500 * 8)  # the byte cut too
+    texts = [f"text {i:05d}" if i % 7 else None for i in range(9000)]
+    rows = list(f.embed_many({}, E5, texts, None, 100_000, 60_000, server.socket))
+    assert [r[0] for r in rows] == list(range(1, 9001))
+    assert all((r[1] is None) == (t is None) for r, t in zip(rows, texts, strict=True))
+    assert max(sizes) <= min(protocol.MAX_TEXTS_PER_REQUEST, 2500) and len(sizes) >= 4

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, TypeVar
 
-from pglocalai import __version__, errors
+from pglocalai import __version__, errors, protocol
 from pglocalai.client import DEFAULT_SOCKET, Client
 from pglocalai.pg import trust
 
@@ -234,12 +234,29 @@ def _stream(gd: GlobalDict, model_uri: str, inputs: Sequence[str | None],
     sent: deque[tuple[int, int]] = deque()  # input ranges of the requests in flight
 
     def batches() -> Iterator[list[str]]:
-        for lo in range(0, n, batch_size):
-            hi = min(lo + batch_size, n)
-            batch = [t for t in inputs[lo:hi] if t is not None]
+        """Requests of ``batch_size`` inputs, cut earlier where a request would pass the
+        protocol's limits (texts and bytes per request): a legal call never gets 54000
+        because of its batch_size, only a single text over the limit does."""
+        most = min(batch_size, protocol.MAX_TEXTS_PER_REQUEST)
+        lo = 0
+        while lo < n:
+            hi, size, batch = lo, 0, []
+            while hi < n and hi - lo < most:
+                text = inputs[hi]
+                if text is not None:
+                    # 4 bytes a character at most: exact only when that bound is near the limit
+                    length = 4 * len(text)
+                    if size + length > protocol.MAX_TEXT_BYTES:
+                        length = len(text.encode("utf-8", "surrogatepass"))
+                    if batch and size + length > protocol.MAX_TEXT_BYTES:
+                        break
+                    size += length
+                    batch.append(text)
+                hi += 1
             if batch:
                 sent.append((lo, hi))
                 yield batch
+            lo = hi
 
     done = 0
     for dim, raw in conn.embed_stream(model_uri, batches(), timeout):
