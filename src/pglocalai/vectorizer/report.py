@@ -27,8 +27,9 @@ WINDOW_S = 10.0  # rows per second are counted over this window
 
 class Report:
     def __init__(self, tty: bool | None = None, stream: TextIO | None = None,
-                 interval: float = 10.0) -> None:
+                 interval: float = 10.0, fields: dict[str, Any] | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.fields = fields or {}  # on every log line (the database, with --all-databases)
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval = interval
         self._lock = threading.Lock()
@@ -64,7 +65,7 @@ class Report:
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             self._print(f"{name.replace('_', ' ')}{': ' + extra if extra else ''}")
         else:
-            log.info(name, **fields)
+            log.info(name, **self.fields, **fields)
 
     def error(self, message: str, *, vectorizer: int | None = None, detail: str | None = None,
               hint: str | None = None) -> None:
@@ -77,8 +78,8 @@ class Report:
                 text += f"\nhint: {hint}"
             self._print(text)
         else:
-            log.error("worker_error", vectorizer=vectorizer, message=message, detail=detail,
-                      hint=hint)
+            log.error("worker_error", **self.fields, vectorizer=vectorizer, message=message,
+                      detail=detail, hint=hint)
 
     def progress(self, status: list[dict[str, Any]]) -> None:
         """``status``: rows of azure_local_ai.vectorizer_status (id, pending, failed...)."""
@@ -100,8 +101,8 @@ class Report:
         now = time.monotonic()
         if (pending or rate) and now - self._last_progress >= self.interval:
             self._last_progress = now
-            log.info("progress", written=self.total_written, pending=pending, failed=failed,
-                     rows_per_second=round(rate, 1),
+            log.info("progress", **self.fields, written=self.total_written, pending=pending,
+                     failed=failed, rows_per_second=round(rate, 1),
                      vectorizers={str(s["id"]): int(s.get("pending") or 0) for s in status})
 
     def finish(self) -> None:

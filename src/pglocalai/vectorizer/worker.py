@@ -187,6 +187,7 @@ class Worker:
             v = catalog[vid]
             self.report.event("vectorizer", id=vid, source=v.label(), destination=v.destination,
                               model=v.model_uri, disabled=v.disabled_reason or "no")
+            self._wake_all()  # its rows may have been queued (and notified) before
 
     def _maintain(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any] | None:
         try:
@@ -231,11 +232,8 @@ class Worker:
 
     def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
-            latest = max(self._errors.items(), key=lambda e: e[1][1], default=None)
-        if latest is None:
-            self._presence.beat(conn, None, None, None)
-        else:
-            self._presence.beat(conn, latest[1][0], latest[1][1], latest[0])
+            latest = max(self._errors.items(), key=lambda e: e[1][1], default=(None, (None, None)))
+        self._presence.beat(conn, latest[1][0], latest[1][1], latest[0])
 
     def _active(self) -> list[Vectorizer]:
         now = time.monotonic()
@@ -255,12 +253,9 @@ class Worker:
 
     def _succeeded(self, vectorizer: int) -> None:
         with self._lock:
-            if vectorizer in self._errors or None in self._errors:
-                self._errors.pop(vectorizer, None)
-                self._errors.pop(None, None)
-                cleared = True
-            else:
-                cleared = False
+            cleared = vectorizer in self._errors or None in self._errors
+            self._errors.pop(vectorizer, None)
+            self._errors.pop(None, None)
         self._runtime_backoff.reset()
         if cleared:
             self.report.event("recovered", vectorizer=vectorizer)
@@ -383,8 +378,8 @@ class Worker:
                 conn.execute(f"listen {CHANNEL}")
                 self._wake_all()  # what was queued while we were away
                 while not self.stop.is_set():
-                    for _ in self._notifications(conn):
-                        self._wake_all()
+                    for note in self._notifications(conn):
+                        self._wake_all(note.payload)
             except psycopg.OperationalError:
                 self.stop.wait(backoff.next())
             finally:
@@ -393,7 +388,11 @@ class Worker:
     def _notifications(self, conn: psycopg.Connection[Any]) -> Iterator[Any]:
         yield from conn.notifies(timeout=min(self.options.poll_interval, 1.0), stop_after=1)
 
-    def _wake_all(self) -> None:
+    def _wake_all(self, payload: str = "") -> None:
+        vid, wanted = int(payload) if payload.isdigit() else 0, self.options.vectorizers
+        if vid and vid not in self._catalog and (not wanted or vid in wanted):
+            self._reload.set()  # a new vectorizer: loaded now, not at the next heartbeat
+            self._lane_ended.set()  # (wakes the main thread; _load wakes the lanes)
         for wake in self._wakes:
             wake.set()
 
