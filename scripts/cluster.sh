@@ -3,9 +3,10 @@
 # benchmarks.
 #
 #   scripts/cluster.sh up       start both (idempotent: verifies what already runs), create the
-#                               database pglocalai with the extensions, write .run/env
-#   scripts/cluster.sh down     stop both
-#   scripts/cluster.sh status   print the state of both; exit 0 only when both answer
+#                               database pglocalai with the extensions, start a vectorizer worker
+#                               for it, write .run/env
+#   scripts/cluster.sh down     stop the worker, the runtime and the cluster
+#   scripts/cluster.sh status   print the state of all three; exit 0 only when all run
 #
 # The cluster is never the machine's default one: its own data folder, port (55432, or
 # PGLOCALAI_PGPORT) and socket folder, and no TCP listener at all (listen_addresses = '').
@@ -20,7 +21,11 @@
 #   <cluster root>/models    the models of .run/models (hard links where possible)
 #   <cluster root>/runtime   its state (settings.json), pidfile and log: postgres's, mode 0700
 # `pglocalai runtime-env` refreshes the first two when the sources or models changed (and this
-# script then restarts a runtime it had started). The socket (/run/pglocalai/pglocalai.sock, or
+# script then restarts a runtime it had started).
+#
+# The vectorizer worker (`pglocalai worker --supervise`, issue 13) runs as postgres from the same
+# venv, for the database pglocalai; its pidfile and log are next to the runtime's. It is started
+# again when the runtime's code or models, or the extension's files, changed since it started. The socket (/run/pglocalai/pglocalai.sock, or
 # PGLOCALAI_SOCKET) lives in a folder owned by postgres with mode 0700, so the server's
 # processes can connect and other users cannot.
 set -euo pipefail
@@ -72,6 +77,10 @@ set_cluster_paths() {
     RUNTIME_DIR="$CLUSTER_ROOT/runtime"
     RUNTIME_PIDFILE="$RUNTIME_DIR/runtime.pid"
     RUNTIME_LOG="$RUNTIME_DIR/runtime.log"
+    WORKER_PIDFILE="$RUNTIME_DIR/worker.pid"
+    WORKER_LOG="$RUNTIME_DIR/worker.log"
+    # what the worker started with (root's folder: postgres cannot change it)
+    WORKER_STAMP="$CLUSTER_ROOT/worker.code"
 }
 
 # For down and status: the port and runtime socket that `up` wrote into pglocalai.conf, unless
@@ -299,18 +308,74 @@ runtime_up() {
         done
     fi
     check_postgres_can_connect
-    worker_up
 }
 
-# HOOK(vectorizer): the vectorizer worker (`pglocalai worker`, issue 13) will be started here,
-# as postgres from "$RUNTIME_VENV/bin/pglocalai", with its pidfile and log in $RUNTIME_DIR, and
-# stopped in worker_down. Until that command exists, there is nothing to start.
+# --- the vectorizer worker ----------------------------------------------------------------------
+
+# The pid in the worker's pidfile (its supervisor), if that process is alive, is a pglocalai
+# worker and runs as postgres. The pidfile sits in postgres's folder: a link there is not followed.
+worker_pid() {
+    local pid
+    [[ -s $WORKER_PIDFILE && ! -L $WORKER_PIDFILE ]] || return 1
+    pid="$(tr -dc '0-9' <"$WORKER_PIDFILE")"
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'pglocalai worker ' || return 1
+    [[ $(stat -c '%U' "/proc/$pid") == postgres ]] || return 1
+    echo "$pid"
+}
+
+# Restarted when this changes: the runtime's code and models, and the extension's files.
+worker_fingerprint() {
+    { runtime_fingerprint; cat "$CLUSTER_ROOT/azure_local_ai.sha256" 2>/dev/null; } | sha256sum
+}
+
 worker_up() {
-    :
+    local pid code
+    code="$(worker_fingerprint)"
+    if pid="$(worker_pid)"; then
+        if [[ $(cat "$WORKER_STAMP" 2>/dev/null) == "$code" ]]; then
+            log "vectorizer worker already running (pid $pid) for database $DATABASE"
+            return
+        fi
+        log "the worker's code, models or extension changed: restarting it"
+        worker_down
+    fi
+    log "starting the vectorizer worker as postgres for database $DATABASE (log $WORKER_LOG)"
+    # only the settings below: none of the caller's PG* variables leak into it
+    as_postgres env -i PATH=/usr/bin:/bin LANG=C.UTF-8 \
+        PGHOST="$PG_SOCKET_DIR" PGPORT="$PGPORT" PGUSER=postgres PGDATABASE="$DATABASE" \
+        PGLOCALAI_SOCKET="$RUNTIME_SOCKET" \
+        "$RUNTIME_VENV/bin/pglocalai" worker --daemon --supervise \
+        --pidfile "$WORKER_PIDFILE" --log-file "$WORKER_LOG" ||
+        die "the vectorizer worker did not start" "see $WORKER_LOG"
+    printf '%s\n' "$code" >"$WORKER_STAMP"
 }
 
+# SIGTERM (the worker finishes the batch in hand), up to 30 s, then SIGKILL to its process group:
+# the supervisor and the worker it forked (an unfinished batch is rolled back, its rows stay
+# queued).
 worker_down() {
-    :
+    local pid group waited=0
+    if ! pid="$(worker_pid)"; then
+        log "vectorizer worker not running (no live pid in $WORKER_PIDFILE)"
+        return 0
+    fi
+    log "stopping the vectorizer worker (pid $pid)"
+    group="$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f3)"
+    kill -TERM "$pid"
+    while kill -0 "$pid" 2>/dev/null; do
+        if [[ $waited -ge 300 ]]; then # tenths of a second
+            warn "the vectorizer worker did not stop within 30 s: killing it"
+            if [[ $group -gt 1 && $group != "$(ps -o pgid= $$ | tr -d ' ')" ]]; then
+                kill -KILL -- "-$group" 2>/dev/null || true
+            fi
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f "$WORKER_PIDFILE"
 }
 
 runtime_down() {
@@ -395,6 +460,8 @@ export PGLOCALAI_SOCKET='$RUNTIME_SOCKET'
 export PGLOCALAI_HOME='$PGLOCALAI_HOME'
 export PGLOCALAI_RUNTIME_PIDFILE='$RUNTIME_PIDFILE'
 export PGLOCALAI_RUNTIME_LOG='$RUNTIME_LOG'
+export PGLOCALAI_WORKER_PIDFILE='$WORKER_PIDFILE'
+export PGLOCALAI_WORKER_LOG='$WORKER_LOG'
 export PGLOCALAI_PGLOG='$PG_LOG'
 EOF
     mv "$tmp" "$ENV_FILE"
@@ -409,6 +476,7 @@ cmd_up() {
     pg_up
     runtime_up
     database_up
+    worker_up
     write_env
     log "ready: . .run/env && psql"
 }
@@ -438,6 +506,18 @@ cmd_status() {
         "$PGLOCALAI" status --socket "$RUNTIME_SOCKET" 2>&1 | sed 's/^/  /' || true
     else
         echo "runtime: not answering on $RUNTIME_SOCKET"
+        ok=3
+    fi
+    if pid="$(worker_pid)"; then
+        echo "vectorizer worker: running for database $DATABASE (supervisor pid $pid, log $WORKER_LOG)"
+        if [[ $(id -u) -eq 0 ]] && pg_running; then
+            local q="SELECT format('  %s vectorizers: %s rows pending, %s failed', count(*),"
+            q+=" coalesce(sum(pending), 0), coalesce(sum(failed), 0))"
+            psql_as_postgres -d "$DATABASE" -Atc "$q FROM azure_local_ai.vectorizer_status" \
+                2>/dev/null || true
+        fi
+    else
+        echo "vectorizer worker: not running (no live pid in $WORKER_PIDFILE)"
         ok=3
     fi
     return "$ok"
