@@ -2,7 +2,9 @@
 
 `make demo` sets everything up, then runs this with the connection settings of `.run/env`
 (PGHOST, PGPORT, PGUSER, PGDATABASE). The embeddings are made by the extension in SQL, with the
-statements of Azure's documentation; this script only sends SQL and prints the results.
+statements of Azure's documentation; this script only sends SQL and prints the results. Then a
+vectorizer fills a second table while its rows keep arriving (demo/vectorizer_demo.py), embedded
+in the background by the worker `make up` started.
 
 Usage::
 
@@ -24,6 +26,7 @@ import unicodedata
 from pathlib import Path
 
 import psycopg
+import vectorizer_demo
 from psycopg import sql
 
 MODEL = "multilingual-e5-small:v1"
@@ -152,6 +155,23 @@ def search(conn: psycopg.Connection, style: Style) -> None:
             print(prefix + clip(doc_text, max(20, width - len(prefix) - 1)))
 
 
+def live(conn: psycopg.Connection, docs: list[tuple[int, str, str]], style: Style) -> None:
+    """Part two: the same documents arrive in waves; a vectorizer embeds them meanwhile."""
+    width = shutil.get_terminal_size((100, 24)).columns
+    print()
+    print(style.bold("A vectorizer: embeddings that keep themselves current, writes that never "
+                     "wait for the model"))
+
+    def show(title: str, rows: list[tuple[str, float, str]]) -> None:
+        print()
+        print(style.bold(title))
+        for rank, (doc_lang, similarity, doc_text) in enumerate(rows, 1):
+            prefix = f"  {rank}. {similarity:.3f}  {doc_lang}  "
+            print(prefix + clip(doc_text, max(20, width - len(prefix) - 1)))
+
+    vectorizer_demo.run(conn, docs, MODEL, lambda line: print(style.dim("  " + line)), show)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reembed", action="store_true",
@@ -167,7 +187,11 @@ def main() -> int:
             start = time.perf_counter()
             load_and_embed(conn, docs, args.reembed)
             search(conn, style)
+            live(conn, docs, style)
             print(f"\ndone in {time.perf_counter() - start:.2f} s")
+    except vectorizer_demo.DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except psycopg.Error as exc:
         diag = exc.diag
         print(f"error: {diag.message_primary or exc}", file=sys.stderr)
