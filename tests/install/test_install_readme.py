@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from install_support import (
     missing,
     need_root_and_tools,
     pg_major,
+    wait_for,
 )
 
 pytestmark = pytest.mark.pg
@@ -91,17 +93,46 @@ def _digest(path: Path) -> str:
     return "dir" if path.is_dir() else "other"
 
 
-def runtime_pids(cluster_id: str) -> list[int]:
+def runtime_pids(cluster_id: str, command: bytes = b"serve") -> list[int]:
+    """The processes of ``pglocalai <command>`` serving the cluster (socket in their argv)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 cmd = (proc / "cmdline").read_bytes()
+                zombie = (proc / "stat").read_text().rpartition(")")[2].split()[0] == "Z"
             except OSError:
                 continue
-            if f"/run/pglocalai-{cluster_id}/".encode() in cmd and b"serve" in cmd:
+            if f"/run/pglocalai-{cluster_id}/".encode() in cmd and command in cmd.split(b"\0") \
+                    and not zombie:
                 pids.append(int(proc.name))
-    return pids
+    return sorted(pids)
+
+
+def worker_embeds(cluster: ThrowawayCluster, cluster_id: str) -> None:
+    """The installed worker picks up a new vectorizer (SIGHUP: look now) and embeds a row;
+    once the database has no vectorizer, its sessions leave (DROP DATABASE is not held)."""
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pglocalai worker'"
+    cluster.psql("CREATE TABLE inst_readme_docs (id int PRIMARY KEY, body text, "
+                 "embedding real[]); SELECT azure_local_ai.create_vectorizer("
+                 "'inst_readme_docs', 'body', 'embedding'); "
+                 "INSERT INTO inst_readme_docs VALUES (1, 'hello')")
+    try:
+        look_now(cluster_id)
+        wait_for(lambda: cluster.psql("SELECT array_length(embedding, 1) FROM inst_readme_docs"
+                                      ).stdout.strip() == "384",
+                 timeout=90.0, what="the installed worker to embed the row")
+        assert int(cluster.psql(sessions).stdout) > 0
+    finally:
+        cluster.psql("DROP TABLE inst_readme_docs")  # its vectorizer goes with it
+    look_now(cluster_id)
+    wait_for(lambda: cluster.psql(sessions).stdout.strip() == "0", timeout=60.0,
+             what="the worker to leave a database without vectorizers")
+
+
+def look_now(cluster_id: str) -> None:
+    for pid in runtime_pids(cluster_id, b"worker"):
+        os.kill(pid, signal.SIGHUP)  # a supervisor ignores it, the worker looks now
 
 
 def uids(pid: int) -> list[int]:
@@ -136,11 +167,14 @@ def test_the_readme_install_embeds_and_the_uninstall_leaves_nothing() -> None:
         assert f"/run/pglocalai-{cluster_id}/pglocalai.sock" in conf
         pids = runtime_pids(cluster_id)
         assert pids, "no runtime serves the installed cluster"
-        for pid in pids:
-            assert 0 not in uids(pid), f"the runtime (pid {pid}) runs as root"
+        workers = runtime_pids(cluster_id, b"worker")
+        assert workers, "no vectorizer worker serves the installed cluster"
+        for pid in pids + workers:
+            assert 0 not in uids(pid), f"the runtime or worker (pid {pid}) runs as root"
 
         out = run_block(blocks[1], env, exports)
         assert re.search(r"^\s*384\s*$", out, re.M), out  # array_length: 384 dimensions
+        worker_embeds(cluster, cluster_id)
         # a second install changes nothing and keeps the runtime (unless the sources changed
         # meanwhile: then it installs them and restarts the runtime, as it should)
         stamp = Path("/opt/pglocalai/venv/.pglocalai-runtime.json")
@@ -148,9 +182,11 @@ def test_the_readme_install_embeds_and_the_uninstall_leaves_nothing() -> None:
         run_block(first, env)
         if stamp.read_bytes() == built:
             assert runtime_pids(cluster_id) == pids
+            assert runtime_pids(cluster_id, b"worker") == workers
 
         run_block(blocks[2], env, exports)
         assert runtime_pids(cluster_id) == []
+        assert runtime_pids(cluster_id, b"worker") == []
         after = snapshot(major, cluster.spec)
         assert {k: v for k, v in after.items() if after.get(k) != before.get(k)} == {}
         assert {k: v for k, v in before.items() if k not in after} == {}

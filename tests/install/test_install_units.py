@@ -14,7 +14,7 @@ import pytest
 from pglocalai.install import InstallError, fsops
 from pglocalai.install.installer import _remove_entry
 from pglocalai.install.manifest import Manifest
-from pglocalai.install.service import RuntimeService
+from pglocalai.install.service import RuntimeService, WorkerService
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the installer runs as root")
 
@@ -141,3 +141,20 @@ def test_the_systemd_unit_runs_the_runtime_as_the_clusters_owner() -> None:
     assert "--socket /run/pglocalai-15-main/pglocalai.sock" in exec_start
     assert "--daemon" not in exec_start and "--supervise" not in exec_start
     assert rt.unit_name == "pglocalai-15-main.service"
+
+
+def test_the_worker_unit_serves_every_database_as_the_clusters_owner() -> None:
+    rt = RuntimeService("15-main", "postgres", "postgres", Path("/opt/pglocalai/venv"),
+                        Path("/var/lib/pglocalai/models"))
+    worker = WorkerService(rt, "/var/run/postgresql", 5433)
+    lines = worker.unit_text().splitlines()
+    assert "User=postgres" in lines and "Group=postgres" in lines
+    assert "Wants=pglocalai-15-main.service" in lines
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in lines and "TimeoutStopSec=30" in lines
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert exec_start == (
+        "ExecStart=/opt/pglocalai/venv/bin/pglocalai worker --all-databases --socket "
+        "/run/pglocalai-15-main/pglocalai.sock --dsn \"host=/var/run/postgresql port=5433 "
+        "user=postgres dbname=postgres\"")
+    assert worker.unit_name == "pglocalai-worker-15-main.service"
+    assert worker.pidfile.parent == rt.state_dir and worker.log_file.parent == rt.state_dir

@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import hashlib
 import os
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,13 @@ from pglocalai.install import (
 )
 from pglocalai.install.manifest import Entry, Manifest
 from pglocalai.install.pgserver import Cluster, PgServer
-from pglocalai.install.service import RuntimeService, systemd_runs
+from pglocalai.install.service import (
+    RuntimeService,
+    WorkerService,
+    stop_supervised,
+    supervised_pid,
+    systemd_runs,
+)
 
 DEFAULT_MODEL = "multilingual-e5-small:v1"
 CONF_NAME = "pglocalai.conf"
@@ -142,6 +149,8 @@ def install(opts: Options, say: Say = print) -> RuntimeService:
         cluster.reload()
         say(f"set azure_local_ai.runtime_socket = '{runtime.socket}' in {conf}")
     _start_runtime(m, runtime, opts, restart=changed, say=say)
+    _start_worker(m, WorkerService(runtime, cluster.socketdir, cluster.port), restart=changed,
+                  say=say)
     m.save()
     say(f"done: the runtime answers on {runtime.socket} as user {runtime.user}; in a "
         "database run: CREATE EXTENSION azure_local_ai CASCADE")
@@ -214,6 +223,31 @@ def _start_runtime(m: Manifest, runtime: RuntimeService, opts: Options, *, resta
     runtime.wait_answering()
 
 
+def _start_worker(m: Manifest, worker: WorkerService, *, restart: bool, say: Say) -> None:
+    """The vectorizer worker, run like the runtime (its manifest's mode)."""
+    mode = m.service.get("mode")
+    m.service["worker_unit"] = worker.unit_name
+    if mode == "systemd":
+        unit = worker.unit_text().encode()
+        if m.place(worker.unit_path, "file", _sha(unit) or "",
+                   lambda: _sha(fsops.read_file(worker.unit_path)),
+                   lambda: fsops.write_file(worker.unit_path, unit)):
+            restart = True
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        if restart:
+            subprocess.run(["systemctl", "restart", worker.unit_name], check=True)
+        subprocess.run(["systemctl", "enable", "--now", worker.unit_name], check=True,
+                       capture_output=True)
+        say(f"systemd runs the vectorizer worker: {worker.unit_name}")
+    elif mode == "supervisor":
+        if restart and worker.supervisor_stop():
+            say("stopped the vectorizer worker to start the new code")
+        if worker.supervisor_pid() is None:
+            worker.supervisor_start()
+            say(f"started the vectorizer worker under the supervisor as {worker.runtime.user} "
+                f"for every database with a vectorizer (log {worker.log_file})")
+
+
 # -- uninstall ------------------------------------------------------------------------------
 
 
@@ -258,35 +292,17 @@ def _stop_runtime(m: Manifest, spec: str, say: Say) -> None:
     if not svc or svc.get("mode") == "none":
         return
     runtime = RuntimeService(spec.replace("/", "-"), "root", "root", Path(), Path())
+    worker = WorkerService(runtime, "", 0)
     if svc.get("mode") == "systemd":
+        if svc.get("worker_unit"):  # the worker first: it uses the runtime
+            subprocess.run(["systemctl", "disable", "--now", svc["worker_unit"]], check=False,
+                           capture_output=True)
         runtime.systemd_stop()
     else:
-        pid = _pid_of(runtime)
-        if pid:
-            os.kill(pid, 15)
-            _wait_gone(pid)
+        if stop_supervised(supervised_pid(worker.pidfile, None)):
+            say(f"stopped the vectorizer worker of cluster {spec}")
+        stop_supervised(supervised_pid(runtime.pidfile, None))
     say(f"stopped the runtime of cluster {spec}")
-
-
-def _pid_of(runtime: RuntimeService) -> int | None:
-    data = fsops.read_file(runtime.pidfile)
-    if not data or not data.strip().isdigit():
-        return None
-    pid = int(data.strip())
-    try:
-        return pid if b"pglocalai" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
-    except OSError:
-        return None
-
-
-def _wait_gone(pid: int, timeout: float = 30.0) -> None:
-    import time  # noqa: PLC0415
-
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if Path(f"/proc/{pid}").exists():
-        os.kill(pid, 9)
 
 
 def _remove_entry(entry: Entry, others: list[Manifest], say: Say) -> None:
