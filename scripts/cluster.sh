@@ -363,7 +363,8 @@ worker_down() {
     log "stopping the vectorizer worker (pid $pid)"
     group="$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f3)"
     kill -TERM "$pid"
-    while kill -0 "$pid" 2>/dev/null; do
+    # alive and not a zombie (an exited daemon waits for init to reap it)
+    while [[ $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1) =~ ^[^Z]$ ]]; do
         if [[ $waited -ge 300 ]]; then # tenths of a second
             warn "the vectorizer worker did not stop within 30 s: killing it"
             if [[ $group -gt 1 && $group != "$(ps -o pgid= $$ | tr -d ' ')" ]]; then
