@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 WAVES = 4
-WAVE_GAP_S = 0.4  # between waves: the next wave arrives while the last one is being embedded
+WAVE_GAP_S = 0.3  # the next wave comes while the worker is still at work or just done
 TIMEOUT_S = 60.0
 CHUNK_TOKENS = 24  # small, so that the demo's one-sentence documents make several chunks
 
@@ -29,10 +29,11 @@ CREATE TABLE demo_feed (
     embedding vector(384)
 )"""
 
-# pending and failed rows of the column's vectorizer and of the chunks' one, workers alive
+# pending rows of the column's vectorizer and of the chunks' one, failed rows, workers alive,
+# rows with a vector: one statement, one snapshot
 STATUS = """
 SELECT array_agg(pending ORDER BY id), coalesce(sum(failed), 0)::bigint,
-       coalesce(max(workers), 0)::integer
+       coalesce(max(workers), 0)::integer, (SELECT count(embedding) FROM demo_feed)
 FROM azure_local_ai.vectorizer_status WHERE source = 'demo_feed'::regclass"""
 
 SEARCH = sql.SQL("""
@@ -111,9 +112,8 @@ def feed(conn: psycopg.Connection[Any], docs: list[tuple[int, str, str]],
             say(f"{now:5.2f} s  wave {WAVES - len(waves)}/{WAVES}: inserted {len(wave)} rows "
                 f"in {took:.1f} ms (the INSERT only queues their keys)")
             next_wave = now + WAVE_GAP_S
-        (column, chunks), failed, workers = conn.execute(STATUS).fetchone()
+        (column, chunks), failed, workers, embedded = conn.execute(STATUS).fetchone()
         workers_seen |= workers > 0
-        embedded = conn.execute("SELECT count(embedding) FROM demo_feed").fetchone()[0]
         line = (f"backlog: {column} rows pending for the column, {chunks} for the chunks; "
                 f"{embedded} rows embedded" + (f", {failed} failed" if failed else ""))
         if line != last_line:
