@@ -1433,3 +1433,12 @@ comment on view azure_local_ai.vectorizer_failures is
 'again, or given up after too many attempts)';
 
 grant select on azure_local_ai.vectorizer_failures to public;
+
+-- Trigger and event trigger functions need no EXECUTE where they fire: nobody may call them.
+revoke execute on function
+    azure_local_ai_internal.vectorizer_catalog_check(),
+    azure_local_ai_internal.vectorizer_catalog_apply(),
+    azure_local_ai_internal.vectorizer_queue_counted(),
+    azure_local_ai_internal.vectorizer_ddl_end(),
+    azure_local_ai_internal.vectorizer_sql_drop()
+    from public;
