@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.models.bert_onnx import (
+from pglocalai.models.bert_onnx import build_bert_onnx
+from pglocalai.models.bert_weights import (
     WORD,
     BertConfig,
-    build_bert_onnx,
     dense_weights,
     quantize_weight,
     word_embedding_table,

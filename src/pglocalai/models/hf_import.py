@@ -95,7 +95,7 @@ def import_hf_folder(store: ModelStore, folder: str | Path, uri: str,
 
 def bert_config(config: dict[str, Any]) -> Any:
     """The BertConfig of a Hugging Face BertModel ``config.json``; refuses other encoders."""
-    from pglocalai.models.bert_onnx import BertConfig  # noqa: PLC0415 - onnx is heavy
+    from pglocalai.models.bert_weights import BertConfig  # noqa: PLC0415
 
     if config.get("model_type") != "bert":
         raise ModelFormatError(

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.models.bert_onnx import BertConfig, canonical_weights, word_embedding_table
+from pglocalai.models.bert_weights import BertConfig, canonical_weights, word_embedding_table
 
 _ERF = np.frompyfunc(math.erf, 1, 1)
 # Maclaurin series of erf: 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
