@@ -23,6 +23,11 @@ the backend. For one model::
   length order, it grows by whichever neighbour adds the least padding, as long
   as ``max_batch_tokens`` padded tokens (size x longest) and ``max_batch_size``
   allow: similar lengths waste little on padding.
+* A batch taken while no other batch runs and nothing else waits or is being
+  tokenised runs *wide*: on the engine's session with all intra-op threads, when it
+  has one (``--wide-runs``). Until it ends no other worker starts a run, so the
+  cores are never oversubscribed; texts that arrive meanwhile form the next batch.
+  A text's vector is the same on either session (``tests/model/test_wide_runs.py``).
 * Rows are scattered back into each request's own output array at the text's
   input index, so results are in input order whatever the batch order was.
 * A request that times out or whose client went away is released at once: its
@@ -60,6 +65,9 @@ log = get_logger()
 # requests with at most this many bytes of text are tokenised on the event loop: the
 # thread hand-off (two context switches, GIL hand-offs) costs more than the work
 INLINE_TOKENIZE_BYTES = 1024
+# a lone batch of fewer padded tokens runs narrow: below this, splitting each operator
+# over two threads gains little and a busy second core can make it slower (docs/runtime.md)
+WIDE_MIN_TOKENS = 128
 
 
 class _Request:
@@ -101,6 +109,9 @@ class ModelQueue:
         self._backlog = Backlog()
         self.arriving = 0  # texts admitted and being tokenised
         self.running = 0  # batches in flight
+        self.wide = 0  # wide runs so far (statistics)
+        self._narrow_ok = asyncio.Event()  # cleared while a wide run has all the threads
+        self._narrow_ok.set()
         self._wake = asyncio.Event()
         self._arrival_waiters: list[asyncio.Future[None]] = []
         self._closed: PglocalaiError | None = None
@@ -131,10 +142,15 @@ class ModelQueue:
             self.stats.failed(exc)
             raise
 
-    async def count_tokens(self, texts: Sequence[Text]) -> list[int]:
-        """Full token counts (before truncation), read in bounded windows."""
+    async def count_tokens(self, texts: Sequence[Text], inline: bool = True) -> list[int]:
+        """Full token counts (before truncation), read in bounded windows.
+
+        ``inline=False`` always uses the tokenizer thread: for a caller that counts
+        thousands of pieces one after another (chunking), whose inline counts would
+        otherwise keep the event loop busy between them.
+        """
         job = reading.count_job(self.engine.text_tokenizer, texts)
-        if _size(texts) <= INLINE_TOKENIZE_BYTES:
+        if inline and _size(texts) <= INLINE_TOKENIZE_BYTES:
             return reading.run_now(job)  # type: ignore[return-value]
         future = self._slices.submit(job)
         try:
@@ -223,15 +239,33 @@ class ModelQueue:
                 await self._wake.wait()
             if self.arriving and self.batch_wait > 0:
                 await self._wait_for_arrivals()
+            if not self._narrow_ok.is_set():
+                await self._narrow_ok.wait()  # a wide run holds every thread
+                continue
             batch = self._take()
             if not batch:
                 continue
+            wide = self._goes_wide(batch)
+            if wide:
+                self._narrow_ok.clear()
+                self.wide += 1
             try:
-                await self._run(batch, index)
+                await self._run(batch, index, wide)
             except Exception as exc:  # noqa: BLE001 - a worker never dies silently
                 log.error("worker_error", model=self.uri, worker=index, error=str(exc),
                           exc_info=True)
                 self._fail(batch, exc)
+            finally:
+                if wide:
+                    self._narrow_ok.set()
+
+    def _goes_wide(self, batch: list[Item]) -> bool:
+        """Alone: no run in flight, nothing left waiting, long enough to gain from it."""
+        if self.running or self._backlog.queued or self.arriving:
+            return False
+        if not getattr(self.engine, "wide_threads", 0):
+            return False
+        return len(batch) * max(it.length for it in batch) >= WIDE_MIN_TOKENS
 
     async def _wait_for_arrivals(self) -> None:
         """Let requests that are being tokenised right now join this batch."""
@@ -256,13 +290,14 @@ class ModelQueue:
             self._backlog.put_back(rest)
         return batch
 
-    async def _run(self, batch: list[Item], worker: int) -> None:
+    async def _run(self, batch: list[Item], worker: int, wide: bool = False) -> None:
         self.running += 1
         try:
             try:
                 started = time.perf_counter()
-                vectors = await self._loop.run_in_executor(
-                    self._run_pool, self.engine.run, [it.ids for it in batch], worker)
+                ids = [it.ids for it in batch]
+                args = (ids, worker, True) if wide else (ids, worker)  # engines without wide
+                vectors = await self._loop.run_in_executor(self._run_pool, self.engine.run, *args)
                 self._scatter(batch, vectors, time.perf_counter() - started)
             except Exception as exc:  # noqa: BLE001 - isolated below, never kills the worker
                 await self._isolate_failure(batch, exc, worker)
@@ -342,7 +377,7 @@ class ModelQueue:
 
     def snapshot(self) -> dict[str, Any]:
         return {"queued": self._backlog.queued, "arriving": self.arriving,
-                "running": self.running}
+                "running": self.running, "wide_runs": self.wide}
 
 
 def _size(texts: Sequence[Text]) -> int:

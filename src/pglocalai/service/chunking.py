@@ -1,9 +1,11 @@
 """Chunks of a text that fit a model, cut at paragraphs, then sentences, then words.
 
-The request kind CHUNK (``Client.chunk``, ``azure_local_ai.chunk_text``, the vectorizer's
-chunks tables): one text, ``max_tokens``, ``overlap_tokens`` and an optional ``prefix``
-in; the chunks and, for each, how many of its leading characters repeat the end of the
-chunk before it (its overlap) out. So::
+Pure cutting, given an async token counter; the request itself is handled in
+:mod:`pglocalai.service.handlers`. The request kind CHUNK (``Client.chunk``,
+``azure_local_ai.chunk_text``, the vectorizer's chunks tables): one text,
+``max_tokens``, ``overlap_tokens`` and an optional ``prefix`` in; the chunks and, for
+each, how many of its leading characters repeat the end of the chunk before it (its
+overlap) out. So::
 
     text == chunks[0] + "".join(c[o:] for c, o in zip(chunks[1:], overlaps[1:]))
 
@@ -28,14 +30,8 @@ import asyncio
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
-from pglocalai.errors import BadRequest, InputTooLarge, InvalidArgument
-from pglocalai.protocol import Frame, Kind
-
-if TYPE_CHECKING:
-    from pglocalai.service.handlers import Deadline
-    from pglocalai.service.server import Server
+from pglocalai.errors import InvalidArgument
 
 Counter = Callable[[list[str]], Awaitable[list[int]]]
 
@@ -234,46 +230,3 @@ async def _fit(texts: list[str], level: int, budget: int, empty: int,
         else:
             out.extend(await _fit([piece], level + 1, budget, empty, count))
     return out
-
-
-def _too_long(size: int, unit: str) -> InputTooLarge:
-    return InputTooLarge(f"text too long to chunk: at most {MAX_CHUNK_CHARS} characters",
-                         detail=f"the text has {size} {unit}",
-                         hint="store a long document in several rows, e.g. one per section")
-
-
-async def handle(server: Server, frame: Frame, deadline: Deadline) -> Frame:
-    """The CHUNK request: ``{"model", "max_tokens", "overlap_tokens", "prefix"}`` + one text
-    -> RESULT ``{"chunks": [str], "overlaps": [int]}``."""
-    from pglocalai import protocol  # noqa: PLC0415 - the handlers' own import cycle
-    from pglocalai.service.handlers import model_of  # noqa: PLC0415
-
-    header = frame.header
-    texts = protocol.raw_texts(frame.payload)
-    if len(texts) != 1:
-        raise BadRequest(f"a chunk request holds one text, not {len(texts)}")
-    max_tokens, overlap, prefix = (header.get("max_tokens"), header.get("overlap_tokens", 0),
-                                   header.get("prefix") or "")
-    if not isinstance(max_tokens, int) or not isinstance(overlap, int) \
-            or not isinstance(prefix, str):
-        raise BadRequest("max_tokens and overlap_tokens must be integers, prefix a string")
-    if len(texts[0]) > 4 * MAX_CHUNK_CHARS:  # bytes: over the limit at any width
-        raise _too_long(len(texts[0]), "bytes")
-    try:
-        text = bytes(texts[0]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument("input text is not valid UTF-8", detail=str(exc)) from None
-    if len(text) > MAX_CHUNK_CHARS:
-        raise _too_long(len(text), "characters")
-    queue = await server.models.get(model_of(header), deadline.left())
-
-    async def count(batch: list[str]) -> list[int]:
-        counts = list(await deadline.run(queue.count_tokens(batch), "the tokenizer"))
-        # a short count runs inline, without giving up the loop: yield between counts, or
-        # the thousands of counts of one long document would hold up every other request
-        await asyncio.sleep(0)
-        return counts
-
-    chunks, overlaps = await split_text(text, max_tokens, overlap, count, prefix)
-    reply: dict[str, Any] = {"chunks": chunks, "overlaps": overlaps}
-    return Frame(Kind.RESULT, frame.request_id, reply)

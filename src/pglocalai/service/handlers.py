@@ -21,7 +21,14 @@ from logging import DEBUG
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pglocalai import __version__, protocol
-from pglocalai.errors import BadRequest, ModelNotInstalled, RequestTimeout, ShuttingDown
+from pglocalai.errors import (
+    BadRequest,
+    InputTooLarge,
+    InvalidArgument,
+    ModelNotInstalled,
+    RequestTimeout,
+    ShuttingDown,
+)
 from pglocalai.protocol import Frame, Kind
 from pglocalai.service import chunking
 from pglocalai.service.logs import get_logger
@@ -154,6 +161,46 @@ def auth(server: Server, frame: Frame, deadline: Deadline) -> Frame:
     return Frame(Kind.RESULT, frame.request_id, {"authenticated": True})
 
 
+def _too_long(size: int, unit: str) -> InputTooLarge:
+    return InputTooLarge(f"text too long to chunk: at most {chunking.MAX_CHUNK_CHARS} "
+                         "characters",
+                         detail=f"the text has {size} {unit}",
+                         hint="store a long document in several rows, e.g. one per section")
+
+
+async def chunk(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+    """The CHUNK request: ``{"model", "max_tokens", "overlap_tokens", "prefix"}`` + one text
+    -> RESULT ``{"chunks": [str], "overlaps": [int]}``."""
+    header = frame.header
+    texts = protocol.raw_texts(frame.payload)
+    if len(texts) != 1:
+        raise BadRequest(f"a chunk request holds one text, not {len(texts)}")
+    max_tokens, overlap, prefix = (header.get("max_tokens"), header.get("overlap_tokens", 0),
+                                   header.get("prefix") or "")
+    if not isinstance(max_tokens, int) or not isinstance(overlap, int) \
+            or not isinstance(prefix, str):
+        raise BadRequest("max_tokens and overlap_tokens must be integers, prefix a string")
+    if len(texts[0]) > 4 * chunking.MAX_CHUNK_CHARS:  # bytes: over the limit at any width
+        raise _too_long(len(texts[0]), "bytes")
+    try:
+        text = bytes(texts[0]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("input text is not valid UTF-8", detail=str(exc)) from None
+    if len(text) > chunking.MAX_CHUNK_CHARS:
+        raise _too_long(len(text), "characters")
+    queue = await server.models.get(model_of(header), deadline.left())
+
+    async def count(batch: list[str]) -> list[int]:
+        # in the tokenizer thread, a slice in turn with every other request's work: inline,
+        # the thousands of counts of one long document would keep the event loop busy
+        return list(await deadline.run(queue.count_tokens(batch, inline=False),
+                                       "the tokenizer"))
+
+    chunks, overlaps = await chunking.split_text(text, max_tokens, overlap, count, prefix)
+    reply: dict[str, Any] = {"chunks": chunks, "overlaps": overlaps}
+    return Frame(Kind.RESULT, frame.request_id, reply)
+
+
 HANDLERS: dict[Kind, Route] = {
     Kind.EMBED: Route(embed),
     Kind.TOKEN_COUNT: Route(token_count),
@@ -164,7 +211,7 @@ HANDLERS: dict[Kind, Route] = {
     Kind.STATS: Route(stats, quick=True),
     Kind.HEALTH: Route(health, quick=True),
     Kind.AUTH: Route(auth, quick=True),
-    Kind.CHUNK: Route(chunking.handle),
+    Kind.CHUNK: Route(chunk),
 }
 
 
