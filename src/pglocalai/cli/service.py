@@ -136,7 +136,8 @@ def store_catalog(cfg: ServiceConfig) -> Any:
     """The models of the model store ``cfg`` names."""
     from pglocalai.service.catalog import StoreCatalog  # noqa: PLC0415 - heavy
 
-    return StoreCatalog(Path(cfg.models_dir) if cfg.models_dir else None, cfg.tokenizer)
+    return StoreCatalog(Path(cfg.models_dir) if cfg.models_dir else None, cfg.tokenizer,
+                        cfg.wide_runs)
 
 
 # -- status and stop -----------------------------------------------------------------

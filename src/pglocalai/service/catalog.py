@@ -51,11 +51,13 @@ class StoreCatalog:
 
     engine = "onnx"
 
-    def __init__(self, root: Path | None = None, tokenizer_mode: str = "compact") -> None:
+    def __init__(self, root: Path | None = None, tokenizer_mode: str = "compact",
+                 wide_runs: bool = True) -> None:
         from pglocalai.models.store import ModelStore, default_models_dir  # noqa: PLC0415
 
         self.store = ModelStore(Path(root) if root else default_models_dir())
         self.tokenizer_mode = tokenizer_mode
+        self.wide_runs = wide_runs
 
     def specs(self) -> list[ModelSpec]:
         return [_spec_of(info) for info in self.store.list()]
@@ -73,7 +75,8 @@ class StoreCatalog:
         tok_name = str(spec.metadata.get("tokenizer", "tokenizer.json"))
         tokenizer_json = self.store.read_verified(uri, tok_name).decode("utf-8")
         engine = OnnxEngine(spec, chosen, lambda: self.store.open_verified(uri, vmeta["file"]),
-                            tokenizer_json, settings, workers, self.tokenizer_mode)
+                            tokenizer_json, settings, workers, self.tokenizer_mode,
+                            self.wide_runs)
         del tokenizer_json
         release_free_memory()
         return engine

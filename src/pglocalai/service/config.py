@@ -81,6 +81,9 @@ OPTIONS: tuple[Option, ...] = (
            "(default 16384)"),
     Option("workers", int, "model runs in parallel; each gets intra_op_parallelism / workers "
            "threads (default 2, 1 on a single CPU)"),
+    Option("wide_runs", _bool, "on: a batch taken while no other run is in flight or waiting "
+           "runs with all intra_op_parallelism threads (one more session); off: always "
+           "the worker's share (default on)"),
     Option("log_file", str, "append logs here (default stderr)"),
     Option("log_format", str, "log line format (default json)", choices=("json", "text")),
     Option("log_level", str, "debug logs every request (default info)",
@@ -111,6 +114,7 @@ class ServiceConfig:
     batch_wait_ms: float = 1.0
     max_queue: int = 16384
     workers: int = 2
+    wide_runs: bool = True
     log_file: str | None = None
     log_format: str = "json"
     log_level: str = "info"
@@ -127,7 +131,7 @@ class ServiceConfig:
         values: dict[str, Any] = {}
         for opt in OPTIONS:
             given = flags.get(opt.name)
-            if given is not None and given is not False:
+            if given is not None and not (opt.flag and given is False):
                 values[opt.name] = given
             elif env.get(opt.env) not in (None, ""):
                 try:

@@ -47,7 +47,7 @@ from pglocalai.service.handlers import HANDLERS, Deadline
 from pglocalai.service.logs import get_logger
 
 if TYPE_CHECKING:
-    from pglocalai.service.server import Server
+    from pglocalai.service.state import RuntimeState
 
 log = get_logger()
 
@@ -63,7 +63,7 @@ def error_frame(request_id: int, exc: PglocalaiError) -> Frame:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, server: Server, secret: str | None) -> None:
+    def __init__(self, server: RuntimeState, secret: str | None) -> None:
         self.server = server
         self.secret = secret  # None: no authentication needed (Unix socket, or done)
         self.transport: asyncio.Transport | None = None

@@ -30,16 +30,22 @@ from pglocalai.service import pooling, reading
 
 if TYPE_CHECKING:
     from pglocalai.service.catalog import ModelSpec
-    from pglocalai.service.tokenizer import TextTokenizer
+    from pglocalai.service.reading import TextTokenizer
 
 
 class Engine(Protocol):
     spec: ModelSpec
     variant: str
     text_tokenizer: TextTokenizer
+    wide_threads: int  # threads of a wide run (0: the engine has none)
 
-    def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
-        """float32 [len(batch), dimensions], L2-normalised, row i for batch[i]."""
+    def run(self, batch: Sequence[np.ndarray], worker: int = 0,
+            wide: bool = False) -> np.ndarray:
+        """float32 [len(batch), dimensions], L2-normalised, row i for batch[i].
+
+        ``wide``: on the session with all intra-op threads (the queue asks for it only
+        when no other run is in flight); the vectors are the same either way.
+        """
         ...
 
     def configure(self, settings: dict[str, Any], workers: int) -> None:
@@ -74,6 +80,12 @@ def session_threads(settings: dict[str, Any], workers: int) -> int:
     return max(1, int(settings["intra_op_parallelism"]) // max(1, workers))
 
 
+def wide_threads(settings: dict[str, Any], workers: int) -> int:
+    """Threads of a run that has the CPUs to itself; 0 when it would gain none."""
+    total = int(settings["intra_op_parallelism"])
+    return total if workers > 1 and total > session_threads(settings, workers) else 0
+
+
 # -- ONNX Runtime ---------------------------------------------------------------
 
 
@@ -83,7 +95,7 @@ class OnnxEngine:
     def __init__(self, spec: ModelSpec, variant: str,
                  open_graph: Callable[[], AbstractContextManager[str]],
                  tokenizer_json: str, settings: dict[str, Any], workers: int,
-                 tokenizer_mode: str = "compact") -> None:
+                 tokenizer_mode: str = "compact", wide_runs: bool = True) -> None:
         self.spec = spec
         self.variant = variant
         vmeta = spec.metadata.get("variants", {}).get(variant, {})
@@ -97,41 +109,37 @@ class OnnxEngine:
         self.text_tokenizer = load_tokenizer(tokenizer_json, tokenizer_mode)
         self.tokenizer = self.text_tokenizer.name
         self.pad_id = self.text_tokenizer.pad_id
-        self._sessions: list[Any] = []
+        self.wide_runs = wide_runs
+        self.wide_threads = 0
+        # (arrays, OrtValues over them): shared by all sessions, once there are several
+        self._weights: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+        self._sessions: tuple[list[Any], Any] = ([], None)
         self.configure(settings, workers)
 
     def configure(self, settings: dict[str, Any], workers: int) -> None:
-        import onnxruntime as ort  # noqa: PLC0415
-
         threads = session_threads(settings, workers)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        inter = int(settings["inter_op_parallelism"])
-        opts.inter_op_num_threads = inter
-        opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if inter > 1
-                               else ort.ExecutionMode.ORT_SEQUENTIAL)
-        spin = "1" if settings["spin_control"] else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        opts.log_severity_level = 3
-        # one thread per run: concurrent runs share one session (one copy of the
-        # weights); several threads per run: a session (thread pool) per worker
+        wide = wide_threads(settings, workers) if self.wide_runs else 0
+        # one thread per run: concurrent runs share one session; several threads per
+        # run: a session (thread pool) per worker. A wide run has a session of its own.
         count = 1 if threads == 1 else max(1, workers)
         # from a path, not bytes: InferenceSession keeps bytes it was given for life
         with self._open_graph() as path:
             try:
-                sessions = [ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-                            for _ in range(count)]
+                if self._weights is None and count + (wide > 0) > 1:
+                    self._weights = _load_weights(path)
+                shared = self._weights[1] if self._weights else {}
+                narrow = [_session(path, settings, threads, shared) for _ in range(count)]
+                extra = _session(path, settings, wide, shared) if wide else None
             except Exception as exc:  # noqa: BLE001 - ORT raises its own types
                 raise ModelFormatError(f"onnx runtime could not load model \"{self.spec.uri}\" "
                                        f"variant {self.variant}", detail=str(exc)) from None
-        names = {i.name for i in sessions[0].get_inputs()}
+        names = {i.name for i in narrow[0].get_inputs()}
         missing = [n for n in ("input_ids", "attention_mask") if n not in names]
         if missing:
             raise ModelFormatError(f"model \"{self.spec.uri}\" lacks inputs {missing}")
         self.input_names = [n for n in self.input_names if n in names] or sorted(names)
-        self._sessions = sessions  # one assignment: runs in flight keep the old list
+        self._sessions = (narrow, extra)  # one assignment: runs in flight keep the old ones
+        self.wide_threads = wide
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         return tokenize(self, texts)
@@ -139,9 +147,10 @@ class OnnxEngine:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return count_tokens(self, texts)
 
-    def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
-        sessions = self._sessions
-        session = sessions[worker % len(sessions)]
+    def run(self, batch: Sequence[np.ndarray], worker: int = 0,
+            wide: bool = False) -> np.ndarray:
+        narrow, extra = self._sessions
+        session = extra if wide and extra is not None else narrow[worker % len(narrow)]
         ids, mask = pad(batch, self.pad_id)
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
@@ -150,6 +159,49 @@ class OnnxEngine:
         if out.ndim == 3:
             return pooling.pool(out, mask, self.pooling, self.normalize)
         return np.asarray(out, dtype=np.float32)
+
+
+def _session(path: str, settings: dict[str, Any], threads: int,
+             weights: dict[str, Any]) -> Any:
+    """A CPU session with ``threads`` intra-op threads, on the shared weights if given."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    inter = int(settings["inter_op_parallelism"])
+    opts.inter_op_num_threads = inter
+    opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if inter > 1
+                           else ort.ExecutionMode.ORT_SEQUENTIAL)
+    spin = "1" if settings["spin_control"] else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    opts.log_severity_level = 3
+    for name, value in weights.items():
+        opts.add_initializer(name, value)  # used in place: one copy for every session
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+_PACKING = ("MatMul", "Gemm", "Attention", "Conv")  # op types whose CPU kernels pre-pack
+
+
+def _load_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The graph's initializers as OrtValues the sessions share instead of each copying."""
+    import onnx  # noqa: PLC0415 - heavy
+    import onnxruntime as ort  # noqa: PLC0415
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    model = onnx.load(path)
+    # a weight that a kernel pre-packs stays each session's own: the session frees the
+    # original after packing it, which it cannot do with a shared one
+    packed = {name for node in model.graph.node if any(k in node.op_type for k in _PACKING)
+              for name in node.input}
+    arrays = {t.name: np.ascontiguousarray(numpy_helper.to_array(t))
+              for t in model.graph.initializer if t.name not in packed}
+    del model
+    release_free_memory()
+    # the OrtValues point into the arrays: the engine keeps both for life
+    return arrays, {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
 
 
 def release_free_memory() -> None:

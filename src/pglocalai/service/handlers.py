@@ -34,7 +34,7 @@ from pglocalai.service import chunking
 from pglocalai.service.logs import get_logger
 
 if TYPE_CHECKING:
-    from pglocalai.service.server import Server
+    from pglocalai.service.state import RuntimeState
 
 log = get_logger()
 _T = TypeVar("_T")
@@ -80,7 +80,7 @@ class Deadline:
             raise self.error(f"still waiting for {waiting_for}") from None
 
 
-Handler = Callable[["Server", Frame, Deadline], Any]
+Handler = Callable[["RuntimeState", Frame, Deadline], Any]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Route:
 # -- handlers (one per kind) ----------------------------------------------------
 
 
-async def embed(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+async def embed(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     uri, texts = model_of(frame.header), protocol.raw_texts(frame.payload)
     if server.stopping:
         raise ShuttingDown("the runtime is shutting down", hint="retry in a moment")
@@ -104,21 +104,21 @@ async def embed(server: Server, frame: Frame, deadline: Deadline) -> Frame:
                  out.tobytes())
 
 
-async def token_count(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+async def token_count(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     uri, texts = model_of(frame.header), protocol.raw_texts(frame.payload)
     queue = await server.models.get(uri, deadline.left())
     counts = await deadline.run(queue.count_tokens(texts), "the tokenizer")
     return Frame(Kind.RESULT, frame.request_id, {"counts": counts})
 
 
-def get_settings(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+def get_settings(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     keys = frame.header.get("keys") or []
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise BadRequest("keys must be a list of strings")
     return Frame(Kind.RESULT, frame.request_id, {"settings": server.models.settings.get(keys)})
 
 
-async def set_setting(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+async def set_setting(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     key = frame.header.get("key")
     if not isinstance(key, str):
         raise BadRequest("key must be a string")
@@ -126,25 +126,25 @@ async def set_setting(server: Server, frame: Frame, deadline: Deadline) -> Frame
     return Frame(Kind.RESULT, frame.request_id, {"settings": values})
 
 
-async def list_models(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+async def list_models(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     # the catalog reads the model store: off the event loop, within the deadline
     models = await deadline.run(asyncio.to_thread(server.models.list_models), "the model store")
     return Frame(Kind.RESULT, frame.request_id, {"models": models})
 
 
-async def model_metadata(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+async def model_metadata(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     uri = model_of(frame.header)
     meta = await deadline.run(asyncio.to_thread(server.models.metadata, uri), "the model store")
     return Frame(Kind.RESULT, frame.request_id, {"metadata": meta})
 
 
-def stats(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+def stats(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     snap = server.stats.snapshot(server.models.queue_depths())
     snap["workers"] = server.config.workers
     return Frame(Kind.RESULT, frame.request_id, snap)
 
 
-def health(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+def health(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     body: dict[str, Any] = {
         "status": "stopping" if server.stopping else "ok", "version": __version__,
         "protocol": protocol.PROTOCOL_VERSION, "models_loaded": sorted(server.models.queues),
@@ -155,7 +155,7 @@ def health(server: Server, frame: Frame, deadline: Deadline) -> Frame:
     return Frame(Kind.RESULT, frame.request_id, body)
 
 
-def auth(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+def auth(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     # a connection that needs the secret is answered by Connection.authenticate;
     # here it has none to give, or has given it already
     return Frame(Kind.RESULT, frame.request_id, {"authenticated": True})
@@ -168,7 +168,7 @@ def _too_long(size: int, unit: str) -> InputTooLarge:
                          hint="store a long document in several rows, e.g. one per section")
 
 
-async def chunk(server: Server, frame: Frame, deadline: Deadline) -> Frame:
+async def chunk(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     """The CHUNK request: ``{"model", "max_tokens", "overlap_tokens", "prefix"}`` + one text
     -> RESULT ``{"chunks": [str], "overlaps": [int]}``."""
     header = frame.header

@@ -56,14 +56,11 @@ import re
 import unicodedata
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from pglocalai.errors import BadRequest, InferenceFailed, InputTooLarge, PglocalaiError
-
-if TYPE_CHECKING:
-    from pglocalai.service.tokenizer import TextTokenizer
 
 WINDOW_CHARS = 2048  # characters tokenised in one go: a few ms of work
 FORCED_CUT_FACTOR = 4  # how far past a window a cut at a space is looked for
@@ -335,3 +332,27 @@ def windows_agree(tok: TextTokenizer) -> bool:
                     and tok.encode_window(sample[:p]) + tok.encode_window(sample[p:]) != whole):
                 return False
     return True
+
+
+# What reading needs of a tokenizer; pglocalai.service.tokenizer provides both implementations.
+class TextTokenizer(Protocol):
+    name: str  # "compact" or "huggingface": which implementation runs
+    pad_id: int
+    prefix_ids: list[int]  # the template's specials before the text
+    suffix_ids: list[int]  # and after it; both are kept when a text is cut
+    suffix: int  # len(suffix_ids)
+    normalize: Callable[[str], str] | None  # the file's normaliser
+    windowed: bool  # cutting texts into windows is exact for this pipeline
+    cuts: Cuts  # where a text may be cut
+
+    def encode_window(self, text: str, stop: int | None = None) -> list[int]:
+        """Ids of ``text`` without the template's specials, never padded.
+
+        With ``stop``, it may stop early once it has at least ``stop`` ids: its first
+        ``stop`` ids are those of the full encoding.
+        """
+        ...
+
+    def encode_batch(self, texts: list[str], limit: int | None = None) -> list[list[int]]:
+        """Ids per text with the specials (``limit``: as ``encode_window``'s ``stop``)."""
+        ...

@@ -21,8 +21,8 @@ locally); the check is by type, then confirmed on sample texts at load.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -32,7 +32,7 @@ from pglocalai.service.compact import (
     rust_json_float,
 )
 from pglocalai.service.logs import get_logger
-from pglocalai.service.reading import Cuts, windows_agree
+from pglocalai.service.reading import Cuts, TextTokenizer, windows_agree
 
 __all__ = ["MODES", "CompactUnigram", "HfTokenizer", "TextTokenizer", "compact_unsupported",
            "load_tokenizer", "rust_json_float"]
@@ -46,29 +46,6 @@ _LOCAL_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Stri
 _LOCAL_PRE_TOKENIZERS = frozenset({"Metaspace", "WhitespaceSplit", "Whitespace",
                                    "BertPreTokenizer", "Punctuation", "Digits", "ByteLevel",
                                    "UnicodeScripts", "Sequence"})
-
-
-class TextTokenizer(Protocol):
-    name: str  # "compact" or "huggingface": which implementation runs
-    pad_id: int
-    prefix_ids: list[int]  # the template's specials before the text
-    suffix_ids: list[int]  # and after it; both are kept when a text is cut
-    suffix: int  # len(suffix_ids)
-    normalize: Callable[[str], str] | None  # the file's normaliser
-    windowed: bool  # cutting texts into windows is exact for this pipeline
-    cuts: Cuts  # where a text may be cut
-
-    def encode_window(self, text: str, stop: int | None = None) -> list[int]:
-        """Ids of ``text`` without the template's specials, never padded.
-
-        With ``stop``, it may stop early once it has at least ``stop`` ids: its first
-        ``stop`` ids are those of the full encoding.
-        """
-        ...
-
-    def encode_batch(self, texts: list[str], limit: int | None = None) -> list[list[int]]:
-        """Ids per text with the specials (``limit``: as ``encode_window``'s ``stop``)."""
-        ...
 
 
 def load_tokenizer(tokenizer_json: str, mode: str = "compact") -> TextTokenizer:

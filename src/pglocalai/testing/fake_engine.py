@@ -69,6 +69,11 @@ class FakeEngine:
         self.settings: dict[str, Any] = {}
         self.workers = 1
         self.runs = 0
+        self.wide_threads = 0  # > 0: the queue may ask for wide runs (counted in wide)
+        self.wide = 0
+        self.overlaps = 0  # runs started alongside a wide run (the queue must prevent it)
+        self.most_in_flight = 0
+        self._flight: list[bool] = []  # wide flag of each run in flight
         self._lock = threading.Lock()
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -77,11 +82,20 @@ class FakeEngine:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return engines.count_tokens(self, texts)
 
-    def run(self, batch: Sequence[np.ndarray], worker: int = 0) -> np.ndarray:
+    def run(self, batch: Sequence[np.ndarray], worker: int = 0,
+            wide: bool = False) -> np.ndarray:
         with self._lock:
             self.runs += 1
-        if self.delay_ms:
-            time.sleep(self.delay_ms / 1000.0)
+            self.wide += wide
+            self.overlaps += bool(self._flight) and (wide or any(self._flight))
+            self._flight.append(wide)
+            self.most_in_flight = max(self.most_in_flight, len(self._flight))
+        try:
+            if self.delay_ms:
+                time.sleep(self.delay_ms / 1000.0)
+        finally:
+            with self._lock:
+                self._flight.remove(wide)
         if any(int(ids.max()) == _FAIL_ID for ids in batch):
             raise InferenceFailed("fake engine failure requested by the input")
         out = np.empty((len(batch), self.spec.dimensions), dtype=np.float32)
