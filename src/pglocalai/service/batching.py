@@ -27,7 +27,7 @@ the backend. For one model::
   tokenised runs *wide*: on the engine's session with all intra-op threads, when it
   has one (``--wide-runs``). Until it ends no other worker starts a run, so the
   cores are never oversubscribed; texts that arrive meanwhile form the next batch.
-  A text's vector is the same on either session (``tests/model/test_wide_runs.py``).
+  A text's vector is the same on either session (``tests/model/test_thread_invariance.py``).
 * Rows are scattered back into each request's own output array at the text's
   input index, so results are in input order whatever the batch order was.
 * A request that times out or whose client went away is released at once: its
