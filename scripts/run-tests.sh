@@ -24,7 +24,7 @@ run_pytest() {
     log "pytest"
     mkdir -p "$(dirname "$PYTEST_LOG")"
     local rc=0
-    "$VENV_BIN/pytest" -q 2>&1 | tee "$PYTEST_LOG" || rc=${PIPESTATUS[0]}
+    "$VENV_BIN/pytest" -q --durations=15 2>&1 | tee "$PYTEST_LOG" || rc=${PIPESTATUS[0]}
     PYTEST_SUMMARY="$(grep -v '^\s*$' "$PYTEST_LOG" | tail -n 1)"
     case "$rc" in
         0) ;;
