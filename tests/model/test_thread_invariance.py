@@ -16,7 +16,8 @@ from pglocalai.service.catalog import StoreCatalog
 SETTINGS = {"intra_op_parallelism": 2, "inter_op_parallelism": 1, "spin_control": True}
 pytestmark = pytest.mark.model
 
-LENGTHS = sorted({int(x) for x in np.geomspace(1, 512, 50)} | {2, 3, 255, 256, 511, 512})
+LENGTHS = sorted({int(x) for x in np.geomspace(1, 512, 40)} | set(range(16, 513, 24))
+                 | {255, 256, 511, 512})  # 54 lengths, 1 to 512 tokens
 
 
 def test_wide_and_narrow_runs_give_the_same_vectors(store: ModelStore,
