@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from pglocalai.errors import InferenceFailed, Overloaded, RequestTimeout
-from pglocalai.service.batching import ModelQueue, _Request
-from pglocalai.service.catalog import ModelSpec
+from pglocalai.service.backlog import Request
+from pglocalai.service.batching import ModelQueue
+from pglocalai.service.engine import ModelSpec
 from pglocalai.service.slices import SliceRunner
 from pglocalai.service.stats import ModelStats
 from pglocalai.testing.fake_engine import FAIL_TEXT, FakeEngine
@@ -84,8 +85,8 @@ def test_many_concurrent_requests_get_their_own_vectors() -> None:
         np.testing.assert_allclose(out, unbatched(engine, texts), atol=1e-5)
 
 
-def _items(q: ModelQueue, lengths: Sequence[int]) -> _Request:
-    req = _Request(asyncio.get_running_loop().create_future(), len(lengths), 16, None)
+def _items(q: ModelQueue, lengths: Sequence[int]) -> Request:
+    req = Request(asyncio.get_running_loop().create_future(), len(lengths), 16, None)
     q._enqueue(req, [np.zeros(n, dtype=np.int64) for n in lengths])
     return req
 

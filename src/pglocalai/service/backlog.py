@@ -7,17 +7,36 @@ within the token budget (see :mod:`pglocalai.service.batching`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from pglocalai.service.batching import _Request as Request
-
 WINDOW_FACTOR = 4  # texts considered per batch decision: this many x max_batch_size
+
+
+
+class Request:
+    """One EMBED request: output rows filled as its texts come back from batches."""
+
+    __slots__ = ("future", "out", "remaining", "queued", "open", "timer", "job", "started",
+                 "timeout_ms")
+
+    def __init__(self, future: asyncio.Future[np.ndarray], n: int, dim: int,
+                 timeout_ms: int | None) -> None:
+        self.future = future
+        self.out = np.empty((n, dim), dtype="<f4")
+        self.remaining = n
+        self.queued = 0  # texts in the backlog, counted by Backlog alone
+        self.open = True  # False once released: its share of the backlog is given back
+        self.timer: asyncio.TimerHandle | None = None
+        self.job: asyncio.Future[Any] | None = None  # its tokenisation, while it runs
+        self.started = time.perf_counter()
+        self.timeout_ms = timeout_ms
 
 
 class Item:

@@ -53,7 +53,7 @@ from pglocalai.errors import (
     ShuttingDown,
 )
 from pglocalai.service import reading
-from pglocalai.service.backlog import WINDOW_FACTOR, Backlog, Item, form_batch
+from pglocalai.service.backlog import WINDOW_FACTOR, Backlog, Item, Request, form_batch
 from pglocalai.service.engine import Engine
 from pglocalai.service.logs import get_logger
 from pglocalai.service.reading import Text
@@ -68,25 +68,6 @@ INLINE_TOKENIZE_BYTES = 1024
 # a lone batch of fewer padded tokens runs narrow: below this, splitting each operator
 # over two threads gains little and a busy second core can make it slower (docs/runtime.md)
 WIDE_MIN_TOKENS = 128
-
-
-class _Request:
-    """One EMBED request: output rows filled as its texts come back from batches."""
-
-    __slots__ = ("future", "out", "remaining", "queued", "open", "timer", "job", "started",
-                 "timeout_ms")
-
-    def __init__(self, future: asyncio.Future[np.ndarray], n: int, dim: int,
-                 timeout_ms: int | None) -> None:
-        self.future = future
-        self.out = np.empty((n, dim), dtype="<f4")
-        self.remaining = n
-        self.queued = 0  # texts in the backlog, counted by _Backlog alone
-        self.open = True  # False once released: its share of the backlog is given back
-        self.timer: asyncio.TimerHandle | None = None
-        self.job: asyncio.Future[Any] | None = None  # its tokenisation, while it runs
-        self.started = time.perf_counter()
-        self.timeout_ms = timeout_ms
 
 
 class ModelQueue:
@@ -169,7 +150,7 @@ class ModelQueue:
                 f"the queue of model \"{self.uri}\" is full",
                 detail=f"{self.depth} texts are waiting, the limit is {self.max_queue}",
                 hint="retry later, send smaller batches or raise --max-queue")
-        req = _Request(self._loop.create_future(), n, self.dim, timeout_ms)
+        req = Request(self._loop.create_future(), n, self.dim, timeout_ms)
         if timeout_ms:
             req.timer = self._loop.call_later(timeout_ms / 1000.0, self._expire, req)
         try:
@@ -179,7 +160,7 @@ class ModelQueue:
         finally:
             self._release(req)
 
-    async def _tokenize(self, req: _Request, texts: Sequence[Text]) -> list[np.ndarray]:
+    async def _tokenize(self, req: Request, texts: Sequence[Text]) -> list[np.ndarray]:
         job = reading.embed_job(self.engine.text_tokenizer, texts, self.engine.spec.max_tokens)
         if _size(texts) <= INLINE_TOKENIZE_BYTES:
             return reading.run_now(job)  # type: ignore[return-value]
@@ -194,13 +175,13 @@ class ModelQueue:
             self.arriving -= len(texts)
             self._notify_arrival()
 
-    def _enqueue(self, req: _Request, token_ids: Sequence[np.ndarray]) -> None:
+    def _enqueue(self, req: Request, token_ids: Sequence[np.ndarray]) -> None:
         if self._closed is not None:
             raise self._closed  # the workers are gone: nothing would take these texts
         self._backlog.push(req, token_ids)
         self._wake.set()
 
-    def _expire(self, req: _Request) -> None:
+    def _expire(self, req: Request) -> None:
         req.timer = None
         if not req.future.done():
             req.future.set_exception(RequestTimeout(
@@ -208,7 +189,7 @@ class ModelQueue:
                 hint="raise timeout_ms, or send fewer texts per call"))
         self._release(req)
 
-    def _release(self, req: _Request) -> None:
+    def _release(self, req: Request) -> None:
         """Give back the request's share of the backlog, its timer and its tokenisation."""
         if not req.open:
             return

@@ -11,28 +11,11 @@ manager (:mod:`pglocalai.service.manager`) sees either through :class:`Catalog`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.service.engine import Engine, OnnxEngine, release_free_memory
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the runtime knows of a model without loading it."""
-
-    uri: str
-    dimensions: int
-    max_tokens: int
-    variants: tuple[str, ...]
-    default_variant: str
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def pick_variant(self, wanted: str | None) -> str:
-        """``wanted`` when this model has it, else the model's default."""
-        return wanted if wanted in self.variants else self.default_variant
+from pglocalai.service.engine import Engine, ModelSpec, OnnxEngine, release_free_memory
 
 
 class Catalog(Protocol):

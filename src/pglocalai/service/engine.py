@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -29,8 +30,23 @@ from pglocalai.errors import ModelFormatError
 from pglocalai.service import pooling, reading
 
 if TYPE_CHECKING:
-    from pglocalai.service.catalog import ModelSpec
     from pglocalai.service.reading import TextTokenizer
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the runtime knows of a model without loading it."""
+
+    uri: str
+    dimensions: int
+    max_tokens: int
+    variants: tuple[str, ...]
+    default_variant: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def pick_variant(self, wanted: str | None) -> str:
+        """``wanted`` when this model has it, else the model's default."""
+        return wanted if wanted in self.variants else self.default_variant
 
 
 class Engine(Protocol):

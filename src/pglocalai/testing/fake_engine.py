@@ -23,8 +23,7 @@ import numpy as np
 from pglocalai.errors import InferenceFailed, ModelNotInstalled
 from pglocalai.service import engine as engines
 from pglocalai.service import pooling
-from pglocalai.service.catalog import ModelSpec
-from pglocalai.service.engine import Engine
+from pglocalai.service.engine import Engine, ModelSpec
 from pglocalai.service.reading import Cuts
 
 FAIL_TEXT = "<fake-fail>"  # FakeEngine.run raises on a batch holding this text
