@@ -18,18 +18,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pglocalai.client import DEFAULT_SOCKET
 from pglocalai.errors import InvalidArgument
-
-DEFAULT_SOCKET = "/run/pglocalai/pglocalai.sock"
+from pglocalai.service.settings import cpu_count
 
 
 def default_workers() -> int:
     """Two runs in parallel, one thread each, beat one two-thread run on CPU (docs)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return 2 if cpus >= 2 else 1
+    return 2 if cpu_count() >= 2 else 1
 
 
 def _bool(value: str) -> bool:
