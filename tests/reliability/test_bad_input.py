@@ -66,19 +66,24 @@ def test_a_one_megabyte_text_is_truncated_to_512_tokens(pg_db: dict[str, str],
         assert cosine(rows[1][0], vec) >= 0.99999 and cosine(rows[2][0], alone) >= 0.99999
 
 
-def test_a_request_beyond_the_frame_limit_is_refused_with_a_hint(pg_db: dict[str, str],
-                                                                 runtime: Runtime) -> None:
+def test_an_array_beyond_the_request_limit_is_cut_and_a_text_beyond_it_refused(
+        pg_db: dict[str, str], runtime: Runtime) -> None:
+    """70 texts of ~1 MiB (70 MiB, more than one request may carry) are sent in several
+    requests whatever batch_size says; a single text over the limit is refused with 54000
+    before anything is sent, and the session goes on."""
     texts = f"ARRAY(SELECT repeat('{SENTENCE}', 32768) || g FROM generate_series(1, 70) g)"
+    limit = protocol.MAX_TEXT_BYTES
     with connect(pg_db, runtime.socket) as conn:
+        assert conn.execute(
+            f"SELECT count(*), count(embedding) FROM azure_local_ai.create_embeddings(%s, {texts},"
+            " batch_size => 1000)", (E5,)).fetchone() == (70, 70)
         with pytest.raises(psycopg.Error) as info:
-            conn.execute(f"SELECT count(*) FROM azure_local_ai.create_embeddings(%s, {texts})",
-                         (E5,))
+            conn.execute("SELECT azure_local_ai.create_embeddings(%s, repeat('ab ', %s))",
+                         (E5, limit // 3 + 1))
         diag = info.value.diag
         assert diag.sqlstate == "54000"  # a documented limit, not a protocol violation
-        limit = protocol.MAX_TEXT_BYTES
         assert diag.message_primary.endswith(f"exceeds the limit of {limit} bytes")
-        assert "lower batch_size" in (diag.message_hint or "")
-        # nothing was sent: the session and the runtime go on
+        assert "shorter texts" in (diag.message_hint or "")
         assert conn.execute("SELECT array_length(azure_local_ai.create_embeddings(%s, 'x'), 1)",
                             (E5,)).fetchone() == (384,)
 
