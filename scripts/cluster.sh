@@ -315,9 +315,14 @@ runtime_up() {
 # The pid in the worker's pidfile (its supervisor), if that process is alive, is a pglocalai
 # worker and runs as postgres. The pidfile sits in postgres's folder: a link there is not followed.
 worker_pid() {
-    local pid
-    [[ -s $WORKER_PIDFILE && ! -L $WORKER_PIDFILE ]] || return 1
-    pid="$(tr -dc '0-9' <"$WORKER_PIDFILE")"
+    local pid=""
+    if [[ -s $WORKER_PIDFILE && ! -L $WORKER_PIDFILE ]]; then
+        pid="$(tr -dc '0-9' <"$WORKER_PIDFILE")"
+    else
+        # the pidfile went missing while the worker runs: find its supervisor by the
+        # pidfile it was started with (the oldest such process of postgres)
+        pid="$(pgrep -o -u postgres -f -- "pglocalai worker .*--pidfile $WORKER_PIDFILE" || true)"
+    fi
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'pglocalai worker ' || return 1
     [[ $(stat -c '%U' "/proc/$pid") == postgres ]] || return 1
