@@ -39,11 +39,11 @@ install_python() {
     done
 }
 
-# Check, don't assume: import the package the way PL/Python will, as the postgres user with the
-# server's Python and no site packages, so a non-stdlib import or an unreadable folder shows here.
+# Check, don't assume: import what azure_local_ai_internal.py_load imports, as the postgres user
+# with the server's Python and no site packages, so a non-stdlib import or an unreadable folder
+# shows here.
 check_python_import() {
-    local version="$1" probe=pglocalai.errors
-    [[ -f $PYTHON_LIB_ROOT/$version/pglocalai/client.py ]] && probe=pglocalai.client
+    local version="$1" probe=pglocalai.pg.functions
     if ! as_postgres /usr/bin/python3 -I -S -c \
         'import importlib, sys; sys.path.insert(0, sys.argv[1]); importlib.import_module(sys.argv[2])' \
         "$PYTHON_LIB_ROOT/$version" "$probe"; then
