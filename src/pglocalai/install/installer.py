@@ -11,7 +11,6 @@ from __future__ import annotations
 import grp
 import hashlib
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from pglocalai.install.service import (
     stop_supervised,
     supervised_pid,
     systemd_runs,
+    systemd_start,
+    systemd_stop,
 )
 
 DEFAULT_MODEL = "multilingual-e5-small:v1"
@@ -201,14 +202,8 @@ def _start_runtime(m: Manifest, runtime: RuntimeService, opts: Options, *, resta
         say(f"not starting a runtime (--service none): start one on {runtime.socket}")
         return
     if mode == "systemd":
-        unit = runtime.unit_text().encode()
-        if m.place(runtime.unit_path, "file", _sha(unit) or "",
-                   lambda: _sha(fsops.read_file(runtime.unit_path)),
-                   lambda: fsops.write_file(runtime.unit_path, unit)):
-            restart = True
-        if restart and runtime.answers():
-            runtime.systemd_restart()
-        runtime.systemd_start()
+        restart = _place_unit(m, runtime.unit_path, runtime.unit_text()) or restart
+        systemd_start(runtime.unit_name, restart=restart and runtime.answers())
         say(f"systemd runs the runtime: {runtime.unit_name} (user {runtime.user})")
     else:
         if restart and runtime.supervisor_stop():
@@ -223,21 +218,20 @@ def _start_runtime(m: Manifest, runtime: RuntimeService, opts: Options, *, resta
     runtime.wait_answering()
 
 
+def _place_unit(m: Manifest, path: Path, text: str) -> bool:
+    """Write a unit file through the manifest; True if it was written (new or changed)."""
+    unit = text.encode()
+    return m.place(path, "file", _sha(unit) or "", lambda: _sha(fsops.read_file(path)),
+                   lambda: fsops.write_file(path, unit))
+
+
 def _start_worker(m: Manifest, worker: WorkerService, *, restart: bool, say: Say) -> None:
     """The vectorizer worker, run like the runtime (its manifest's mode)."""
     mode = m.service.get("mode")
     m.service["worker_unit"] = worker.unit_name
     if mode == "systemd":
-        unit = worker.unit_text().encode()
-        if m.place(worker.unit_path, "file", _sha(unit) or "",
-                   lambda: _sha(fsops.read_file(worker.unit_path)),
-                   lambda: fsops.write_file(worker.unit_path, unit)):
-            restart = True
-        subprocess.run(["systemctl", "daemon-reload"], check=True)
-        if restart:
-            subprocess.run(["systemctl", "restart", worker.unit_name], check=True)
-        subprocess.run(["systemctl", "enable", "--now", worker.unit_name], check=True,
-                       capture_output=True)
+        restart = _place_unit(m, worker.unit_path, worker.unit_text()) or restart
+        systemd_start(worker.unit_name, restart=restart)
         say(f"systemd runs the vectorizer worker: {worker.unit_name}")
     elif mode == "supervisor":
         if restart and worker.supervisor_stop():
@@ -295,9 +289,8 @@ def _stop_runtime(m: Manifest, spec: str, say: Say) -> None:
     worker = WorkerService(runtime, "", 0)
     if svc.get("mode") == "systemd":
         if svc.get("worker_unit"):  # the worker first: it uses the runtime
-            subprocess.run(["systemctl", "disable", "--now", svc["worker_unit"]], check=False,
-                           capture_output=True)
-        runtime.systemd_stop()
+            systemd_stop(svc["worker_unit"])
+        systemd_stop(runtime.unit_name)
     else:
         if stop_supervised(supervised_pid(worker.pidfile, None)):
             say(f"stopped the vectorizer worker of cluster {spec}")

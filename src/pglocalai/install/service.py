@@ -19,6 +19,21 @@ from pglocalai.install import STATE_ROOT, InstallError, fsops
 UNIT_DIR = Path("/etc/systemd/system")
 
 
+# The end of both units: no network but Unix sockets, a read-only system, no new privileges.
+_SANDBOX = """\
+UMask=0077
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=strict
+ProtectHome=yes
+RestrictAddressFamilies=AF_UNIX
+IPAddressDeny=any
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def systemd_runs() -> bool:
     """sd_booted(): systemd is PID 1 (a container or a chroot often has no systemd)."""
     return Path("/run/systemd/system").is_dir()
@@ -97,29 +112,7 @@ Restart=on-failure
 RestartSec=2
 # exit code 2 is a configuration error (or another runtime on the socket): do not loop
 RestartPreventExitStatus=2
-UMask=0077
-NoNewPrivileges=yes
-PrivateTmp=yes
-ProtectSystem=strict
-ProtectHome=yes
-RestrictAddressFamilies=AF_UNIX
-IPAddressDeny=any
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-    def systemd_start(self) -> None:
-        subprocess.run(["systemctl", "daemon-reload"], check=True)
-        subprocess.run(["systemctl", "enable", "--now", self.unit_name], check=True,
-                       capture_output=True)
-
-    def systemd_restart(self) -> None:
-        subprocess.run(["systemctl", "restart", self.unit_name], check=True)
-
-    def systemd_stop(self) -> None:
-        subprocess.run(["systemctl", "disable", "--now", self.unit_name], check=False,
-                       capture_output=True)
+{_SANDBOX}"""
 
     # -- the project's supervisor ---------------------------------------------------------
 
@@ -224,17 +217,7 @@ TimeoutStopSec=30
 # it waits for PostgreSQL and the runtime by itself; restarted only if it dies anyway
 Restart=always
 RestartSec=5
-UMask=0077
-NoNewPrivileges=yes
-PrivateTmp=yes
-ProtectSystem=strict
-ProtectHome=yes
-RestrictAddressFamilies=AF_UNIX
-IPAddressDeny=any
-
-[Install]
-WantedBy=multi-user.target
-"""
+{_SANDBOX}"""
 
     def supervisor_start(self) -> None:
         """Start ``worker --daemon --supervise`` as the owner (it waits for the database)."""
@@ -248,6 +231,21 @@ WantedBy=multi-user.target
 
     def supervisor_stop(self, timeout: float = 30.0) -> bool:
         return stop_supervised(self.supervisor_pid(), timeout)
+
+
+# -- systemd units ----------------------------------------------------------------------------
+
+
+def systemd_start(unit: str, *, restart: bool) -> None:
+    """Load the unit files as written, restart ``unit`` if asked, and enable and start it."""
+    subprocess.run(["systemctl", "daemon-reload"], check=True)
+    if restart:
+        subprocess.run(["systemctl", "restart", unit], check=True)
+    subprocess.run(["systemctl", "enable", "--now", unit], check=True, capture_output=True)
+
+
+def systemd_stop(unit: str) -> None:
+    subprocess.run(["systemctl", "disable", "--now", unit], check=False, capture_output=True)
 
 
 # -- supervised processes (without systemd) -------------------------------------------------
