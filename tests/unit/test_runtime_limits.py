@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Generator
 
 import pytest
+from support.tokens import forced_cuts
 from test_compact_tokenizer import unigram_json
 from tokenizers import Tokenizer
 
@@ -129,17 +130,6 @@ def word_texts(n: int, seed: int) -> list[str]:
             words.append(f"b{word}é" + rng.choice([" "] * 6 + ["  ", "\t", "\u3000", " , "]))
         out.append("".join(words))
     return out
-
-
-def forced_cuts(tok: object, text: str) -> int:
-    """How many windows of ``text`` end where no cut is (then ids may differ there)."""
-    cuts = tok.cuts  # type: ignore[attr-defined]
-    windows = list(reading._windows(cuts, reading._Source(text), reading.WINDOW_CHARS, None))
-    forced, pos = 0, 0
-    for window in windows[:-1]:
-        pos += len(window)
-        forced += not cuts.at(text, pos)
-    return forced
 
 
 @pytest.fixture(scope="module", params=["compact", "huggingface"])

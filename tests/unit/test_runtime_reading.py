@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import E5, MINILM
+from support.tokens import forced_cuts
 from tokenizers import Tokenizer
 
 from pglocalai.models.store import ModelStore
@@ -72,17 +73,6 @@ def test_bounded_reading_keeps_the_ids_of_the_whole_text(model_store: Path, text
         assert count == len(full), text[:80]
         exact += 1
     assert exact > 0.9 * len(texts)
-
-
-def forced_cuts(tok: object, text: str) -> int:
-    """How many windows of ``text`` end where no cut is (then ids may differ there)."""
-    cuts = tok.cuts  # type: ignore[attr-defined]
-    windows = list(reading._windows(cuts, reading._Source(text), reading.WINDOW_CHARS, None))
-    forced, pos = 0, 0
-    for window in windows[:-1]:
-        pos += len(window)
-        forced += not cuts.at(text, pos)
-    return forced
 
 
 def test_a_stretch_longer_than_the_forced_cut_is_counted_nearly(model_store: Path) -> None:
