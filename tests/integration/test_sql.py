@@ -337,3 +337,19 @@ def cosine(a: list[float], b: list[float]) -> float:
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
+
+
+def test_runtime_stats_name_the_engine_variant_and_cpu(pg_db: dict[str, str]) -> None:
+    """A figure is read against the hardware and variant it came from: both are reported."""
+    with connect(pg_db) as conn:
+        conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'stats probe')", (E5,))
+        stats = conn.execute("SELECT azure_local_ai.runtime_stats()").fetchone()[0]
+        meta = conn.execute("SELECT azure_local_ai.model_metadata(%s)", (E5,)).fetchone()[0]
+    assert stats["models"][E5]["variant"] == meta["variant"]
+    assert isinstance(stats["models"][E5]["wide_runs"], int)
+    engine = stats["engine"]
+    assert engine["name"] == "onnxruntime" and engine["version"]
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    assert set(engine["cpu"]["flags"]) <= flags
+    assert engine["cpu"]["bf16"] == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert engine["variant_chosen_by"] in ("--variant", "the model's default_variant")

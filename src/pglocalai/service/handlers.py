@@ -31,6 +31,7 @@ from pglocalai.errors import (
 )
 from pglocalai.protocol import Frame, Kind
 from pglocalai.service import chunking
+from pglocalai.service.cpu import cpu_features
 from pglocalai.service.logs import get_logger
 
 if TYPE_CHECKING:
@@ -141,7 +142,27 @@ async def model_metadata(server: RuntimeState, frame: Frame, deadline: Deadline)
 def stats(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
     snap = server.stats.snapshot(server.models.queue_depths())
     snap["workers"] = server.config.workers
+    for uri, queue in server.models.queues.items():
+        model = snap["models"].get(uri)
+        if model is not None:  # a model that has served no request has no statistics yet
+            model["variant"] = queue.engine.variant
+            model["wide_runs"] = queue.wide
+    snap["engine"] = engine_report(server)
     return Frame(Kind.RESULT, frame.request_id, snap)
+
+
+def engine_report(server: RuntimeState) -> dict[str, Any]:
+    """Which engine runs, why this variant, on which CPU: figures are read against it."""
+    kind = getattr(server.models.catalog, "engine", "onnx")
+    report: dict[str, Any] = {"name": "onnxruntime" if kind == "onnx" else kind,
+                              "cpu": cpu_features()}
+    if kind == "onnx":
+        import onnxruntime  # noqa: PLC0415 - loaded already by the models
+
+        report["version"] = onnxruntime.__version__
+    report["variant_chosen_by"] = ("--variant" if server.config.variant else
+                                   "the model's default_variant")
+    return report
 
 
 def health(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
