@@ -132,3 +132,24 @@ def test_int8_runtime_process_stays_under_350_mb(model_store: Path) -> None:
         log = rt.log()
     assert '"tokenizer":"compact"' in log
     assert rss < 350e6, f"runtime RSS {rss / 1e6:.0f} MB with the int8 model loaded"
+
+
+@pytest.mark.runtime
+def test_the_bf16_variant_serves_when_asked_for(model_store: Path,
+                                                model_server: Runtime) -> None:
+    """``--variant bf16`` runs OpenVINO: close to int8, batch-invariant, and it says so."""
+    with Runtime(model=True, store=model_store, preload=E5, workers=2, variant="bf16") as rt:
+        rt.wait_healthy()
+        with Client(rt.socket) as c:
+            dim, raw = c.embed_raw(E5, TEXTS)
+            one_by_one = np.concatenate([vectors(dim, c.embed_raw(E5, [t])[1]) for t in TEXTS])
+            stats = c.stats()
+    got = vectors(dim, raw)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, one_by_one, atol=1e-5, rtol=0)
+    int8 = alone(model_server, TEXTS)
+    assert float((got * int8).sum(axis=1).min()) >= 0.99
+    model = stats["models"][E5]
+    assert model["variant"] == "bf16" and model["engine"].startswith("openvino ")
+    assert model["variant_chosen_by"] == "--variant"
+    assert stats["engine"]["variant_asked"] == "bf16"

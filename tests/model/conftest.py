@@ -66,7 +66,7 @@ def sessions(store: ModelStore) -> dict[str, ort.InferenceSession]:
     opts.intra_op_num_threads = 2
     return {v: ort.InferenceSession(store.read_verified(URI, spec["file"]), opts,
                                     providers=["CPUExecutionProvider"])
-            for v, spec in info.variants.items()}
+            for v, spec in info.variants.items() if spec.get("engine") != "openvino"}
 
 
 def _encode(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

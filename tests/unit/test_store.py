@@ -364,3 +364,24 @@ def test_replace_without_rename_exchange(store: ModelStore,
     install(store, "x:v1", b"new", force=True)
     assert store.read_verified("x:v1", "model-int8.onnx") == b"new-int8"
     assert leftovers(store) == ["x@v1"]
+
+
+def test_an_openvino_variant_must_name_its_weights_and_word_table(store: ModelStore) -> None:
+    base = metadata("x:v1")["variants"]
+    ov = {"file": "model-bf16.xml", "engine": "openvino", "output": "sentence_embedding",
+          "inputs": ["word_embeddings", "attention_mask"], "description": "bf16"}
+    with store.staging() as staging:
+        stage(staging, "x:v1", variants={**base, "bf16": ov})  # type: ignore[dict-item]
+        (staging / "model-bf16.xml").write_text("<net/>")
+        with pytest.raises(ModelFormatError, match="invalid metadata") as err:
+            store.install(staging)
+    assert "needs its weights file" in (err.value.detail or "")
+    assert "needs its word_table file" in (err.value.detail or "")
+    with store.staging() as staging:
+        stage(staging, "x:v1", variants={**base, "bf16": {
+            **ov, "weights": "model-bf16.bin", "word_table": "words.npz"}})
+        for name in ("model-bf16.xml", "model-bf16.bin", "words.npz"):
+            (staging / name).write_bytes(b"x")
+        info = store.install(staging)
+    assert set(info.variants) == {"fp32", "int8", "bf16"}
+    assert {"model-bf16.bin", "words.npz"} <= set(info.files)

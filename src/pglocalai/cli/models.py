@@ -26,7 +26,8 @@ from pglocalai.errors import InvalidArgument, ModelStoreError, PglocalaiError
 from pglocalai.models.store import BUILTIN, ModelInfo, ModelStore, validate_uri
 
 DEFAULT_URI = BUILTIN[0]
-VARIANTS = ("fp32", "int8")
+VARIANTS = ("fp32", "int8", "bf16")
+HF_VARIANTS = ("fp32", "int8")  # a Hugging Face folder: the ONNX Runtime graphs only
 
 
 def add_model_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,8 +48,9 @@ def add_model_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="folder with config.json, tokenizer.json and model.safetensors "
                         "or model.onnx / onnx/model.onnx")
     p.add_argument("--uri", dest="uri_opt", metavar="URI", help="URI to install --from-hf as")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma-separated variants to build (default fp32,int8)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants to build (default fp32,int8,bf16 for the "
+                        "built-in model, fp32,int8 with --from-hf)")
     p.add_argument("--weights", choices=("auto", "safetensors", "onnx"), default="auto",
                    help="with --from-hf: which weights to use when both are present")
     p.add_argument("--force", action="store_true", help="replace an installed model")
@@ -91,18 +93,20 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _variants(text: str) -> tuple[str, ...]:
+def _variants(text: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    if text is None:
+        return allowed
     out = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in out if v not in VARIANTS]
+    bad = [v for v in out if v not in allowed]
     if not out or bad:
         raise InvalidArgument(f"invalid variants {text!r}",
-                              hint=f"use a comma-separated subset of {','.join(VARIANTS)}")
+                              hint=f"use a comma-separated subset of {','.join(allowed)}")
     return out
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     store = _store(args)
-    variants = _variants(args.variants)
+    variants = _variants(args.variants, HF_VARIANTS if args.from_hf else VARIANTS)
     if args.uri and args.uri_opt and args.uri != args.uri_opt:
         raise InvalidArgument("two different URIs given", detail=f"{args.uri} and {args.uri_opt}")
     uri = validate_uri(args.uri_opt or args.uri or DEFAULT_URI)

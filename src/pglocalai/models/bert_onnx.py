@@ -55,6 +55,8 @@ MS = "com.microsoft"
 GELU_MIN = 0.17
 # added to the attention score of a padding key (ONNX Runtime's own mask value)
 MASK_BIAS = -10000.0
+# the first input of a graph built with word_input=True
+WORD_INPUT = "word_embeddings"
 # keeps a per-token scale above 0 for an all-zero row
 TINY = 1e-30
 def _extra_head_dim(w: np.ndarray, b: np.ndarray, heads: int,
@@ -101,7 +103,8 @@ class _Graph:
 
 
 class _Builder:
-    def __init__(self, weights: dict[str, np.ndarray], config: BertConfig, variant: str):
+    def __init__(self, weights: dict[str, np.ndarray], config: BertConfig, variant: str,
+                 word_input: bool = False):
         if variant not in VARIANTS:
             raise ModelFormatError(f"unknown variant {variant!r}", hint=f"use one of {VARIANTS}")
         if config.act not in ("gelu", "relu"):
@@ -114,6 +117,7 @@ class _Builder:
             self.w = fold_dense_biases(self.w, config)
         self.c = config
         self.variant = variant
+        self.word_input = word_input
         self.g = _Graph()
 
     def f32(self, name: str) -> np.ndarray:
@@ -125,6 +129,8 @@ class _Builder:
     # -- embeddings ---------------------------------------------------------------
     def word_embeddings(self, ids: str) -> str:
         g, h = self.g, self.c.hidden
+        if self.word_input:
+            return WORD_INPUT  # the engine gathers the rows (pglocalai.service.openvino_engine)
         if WORD + ".q4_nibbles" not in self.w:
             return g.op("Gather", [g.const("word_emb", self.f32(WORD + ".weight")), ids])
         nib = np.asarray(self.w[WORD + ".q4_nibbles"], dtype=np.uint8)
@@ -154,7 +160,7 @@ class _Builder:
         pos = self.f32("embeddings.position_embeddings.weight")
         # token type 0 for every token: fold its row into the position table
         pos_type = pos + self.f32("embeddings.token_type_embeddings.weight")[0]
-        seq = g.op("Shape", [ids], start=1, end=2)
+        seq = g.op("Shape", ["attention_mask"], start=1, end=2)
         pt = g.op("Slice", [g.const("pos_type", pos_type),
                             g.const("zero1", np.array([0], np.int64)), seq,
                             g.const("axis0", np.array([0], np.int64))])
@@ -307,7 +313,9 @@ class _Builder:
         dyn = ["batch", "seq"]
         graph = helper.make_graph(
             g.nodes, f"bert_{self.variant}",
-            [helper.make_tensor_value_info("input_ids", TensorProto.INT64, dyn),
+            [helper.make_tensor_value_info(WORD_INPUT, TensorProto.FLOAT, [*dyn, c.hidden])
+             if self.word_input else helper.make_tensor_value_info("input_ids",
+                                                                   TensorProto.INT64, dyn),
              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, dyn)],
             [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT,
                                            ["batch", c.hidden])],
@@ -320,7 +328,13 @@ class _Builder:
 
 
 def build_bert_onnx(weights: dict[str, np.ndarray], config: BertConfig,
-                    variant: str) -> onnx.ModelProto:
-    """The sentence-embedding graph of a BERT encoder, in one of :data:`VARIANTS`."""
-    return _Builder(weights, config, variant).build()
+                    variant: str, *, word_input: bool = False) -> onnx.ModelProto:
+    """The sentence-embedding graph of a BERT encoder, in one of :data:`VARIANTS`.
+
+    ``word_input``: the graph takes the rows of the word-embedding table as its first
+    input, ``word_embeddings`` float32 [batch, seq, hidden], instead of ``input_ids``,
+    and holds no table: for an engine that would widen the table to its own precision
+    (OpenVINO's bf16 turns 4-bit blocks into bf16 and loses their f16 scales' precision).
+    """
+    return _Builder(weights, config, variant, word_input).build()
 

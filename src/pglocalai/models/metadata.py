@@ -136,8 +136,19 @@ def metadata_problems(md: Any) -> list[str]:
             out.append(f"variant {name} has no file")
             continue
         referenced.append(v["file"])
-        if not isinstance(v.get("inputs"), list) or "input_ids" not in v["inputs"]:
-            out.append(f"variant {name} must list its inputs, including input_ids")
+        # an OpenVINO variant takes the gathered word rows instead of the ids, and names
+        # the files they come from
+        first = "word_embeddings" if v.get("engine") == "openvino" else "input_ids"
+        if not isinstance(v.get("inputs"), list) or first not in v["inputs"]:
+            out.append(f"variant {name} must list its inputs, including {first}")
+        if v.get("engine") not in (None, "onnxruntime", "openvino"):
+            out.append(f"variant {name} engine must be onnxruntime or openvino")
+        if v.get("engine") == "openvino":
+            for key in ("weights", "word_table"):
+                if not isinstance(v.get(key), str):
+                    out.append(f"variant {name} needs its {key} file")
+                else:
+                    referenced.append(v[key])
         if v.get("output") not in OUTPUTS:
             out.append(f"variant {name} output must be one of {', '.join(OUTPUTS)}")
     files = md.get("files")

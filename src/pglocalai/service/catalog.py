@@ -51,18 +51,59 @@ class StoreCatalog:
     def load(self, uri: str, variant: str | None, settings: dict[str, Any],
              workers: int) -> Engine:
         spec = self.spec(uri)
-        chosen = spec.pick_variant(variant)
+        chosen, reason = choose_variant(spec, variant)
+        engine = self._load(spec, chosen, settings, workers)
+        engine.chosen_by = reason
+        return engine
+
+    def _load(self, spec: ModelSpec, chosen: str, settings: dict[str, Any],
+              workers: int) -> Engine:
+        uri = spec.uri
         vmeta = spec.metadata.get("variants", {}).get(chosen)
         if not vmeta or "file" not in vmeta:
             raise ModelFormatError(f"model \"{uri}\" has no file for variant {chosen}")
         tok_name = str(spec.metadata.get("tokenizer", "tokenizer.json"))
         tokenizer_json = self.store.read_verified(uri, tok_name).decode("utf-8")
-        engine = OnnxEngine(spec, chosen, lambda: self.store.open_verified(uri, vmeta["file"]),
-                            tokenizer_json, settings, workers, self.tokenizer_mode,
-                            self.wide_runs)
+        engine: Engine
+        if vmeta.get("engine") == "openvino":
+            from pglocalai.service import openvino_engine  # noqa: PLC0415 - heavy
+
+            why_not = openvino_engine.available()
+            if why_not:
+                raise ModelFormatError(f"variant {chosen} of \"{uri}\" needs OpenVINO",
+                                       detail=why_not)
+
+            def read(key: str) -> bytes:
+                return self.store.read_verified(uri, vmeta[key])
+
+            engine = openvino_engine.OpenVinoEngine(spec, chosen, read, tokenizer_json,
+                                                    settings, workers, self.tokenizer_mode,
+                                                    self.wide_runs)
+            openvino_engine.self_check(engine)
+        else:
+            engine = OnnxEngine(spec, chosen,
+                                lambda: self.store.open_verified(uri, vmeta["file"]),
+                                tokenizer_json, settings, workers, self.tokenizer_mode,
+                                self.wide_runs)
         del tokenizer_json
         release_free_memory()
         return engine
+
+
+def choose_variant(spec: ModelSpec, wanted: str | None) -> tuple[str, str]:
+    """The variant to run and why: ``--variant`` when the model has it, else its default.
+
+    Never chosen by a measurement at start: the same machine always gets the same
+    variant, so an IMMUTABLE function's vectors do not change across restarts. ``bf16``
+    is not a default anywhere yet: on the one CPU it was measured on (AVX512-BF16, no
+    AMX) it ran slower than int8 (docs/benchmarks/engines.md).
+    """
+    if wanted:
+        if wanted in spec.variants:
+            return wanted, "--variant"
+        return spec.default_variant, (f"--variant {wanted} is not a variant of this model; "
+                                      "the model's default_variant")
+    return spec.default_variant, "the model's default_variant"
 
 
 def _spec_of(info: Any) -> ModelSpec:

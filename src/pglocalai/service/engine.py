@@ -44,14 +44,11 @@ class ModelSpec:
     default_variant: str
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def pick_variant(self, wanted: str | None) -> str:
-        """``wanted`` when this model has it, else the model's default."""
-        return wanted if wanted in self.variants else self.default_variant
-
 
 class Engine(Protocol):
     spec: ModelSpec
     variant: str
+    chosen_by: str  # why this variant (set by the catalog; runtime_stats shows it)
     text_tokenizer: TextTokenizer
     wide_threads: int  # threads of a wide run (0: the engine has none)
 
@@ -112,8 +109,12 @@ class OnnxEngine:
                  open_graph: Callable[[], AbstractContextManager[str]],
                  tokenizer_json: str, settings: dict[str, Any], workers: int,
                  tokenizer_mode: str = "compact", wide_runs: bool = True) -> None:
+        import onnxruntime  # noqa: PLC0415 - heavy
+
         self.spec = spec
         self.variant = variant
+        self.chosen_by = ""
+        self.engine_name = f"onnxruntime {onnxruntime.__version__}"
         vmeta = spec.metadata.get("variants", {}).get(variant, {})
         self.input_names = list(vmeta.get("inputs", ["input_ids", "attention_mask"]))
         self.output_name = str(vmeta.get("output", "sentence_embedding"))

@@ -146,23 +146,12 @@ def stats(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
         model = snap["models"].get(uri)
         if model is not None:  # a model that has served no request has no statistics yet
             model["variant"] = queue.engine.variant
+            model["engine"] = getattr(queue.engine, "engine_name", "")
+            model["variant_chosen_by"] = getattr(queue.engine, "chosen_by", "")
             model["wide_runs"] = queue.wide
-    snap["engine"] = engine_report(server)
+    snap["engine"] = {"cpu": cpu_features(),
+                      "variant_asked": server.config.variant or "auto"}
     return Frame(Kind.RESULT, frame.request_id, snap)
-
-
-def engine_report(server: RuntimeState) -> dict[str, Any]:
-    """Which engine runs, why this variant, on which CPU: figures are read against it."""
-    kind = getattr(server.models.catalog, "engine", "onnx")
-    report: dict[str, Any] = {"name": "onnxruntime" if kind == "onnx" else kind,
-                              "cpu": cpu_features()}
-    if kind == "onnx":
-        import onnxruntime  # noqa: PLC0415 - loaded already by the models
-
-        report["version"] = onnxruntime.__version__
-    report["variant_chosen_by"] = ("--variant" if server.config.variant else
-                                   "the model's default_variant")
-    return report
 
 
 def health(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:

@@ -25,7 +25,7 @@ from pglocalai.errors import (
     ShuttingDown,
 )
 from pglocalai.service.batching import ModelQueue
-from pglocalai.service.catalog import Catalog
+from pglocalai.service.catalog import Catalog, choose_variant
 from pglocalai.service.config import ServiceConfig
 from pglocalai.service.engine import Engine
 from pglocalai.service.logs import get_logger
@@ -199,8 +199,8 @@ class ModelManager:
                 "uri": spec.uri, "dimensions": spec.dimensions, "max_tokens": spec.max_tokens,
                 "variants": list(spec.variants), "default_variant": spec.default_variant,
                 "loaded": queue is not None,
-                "variant": queue.engine.variant if queue else spec.pick_variant(
-                    self.config.variant),
+                "variant": queue.engine.variant if queue else choose_variant(
+                    spec, self.config.variant)[0],
             })
         return out
 
@@ -209,8 +209,8 @@ class ModelManager:
         queue = self.queues.get(uri)
         meta = dict(spec.metadata)
         meta["loaded"] = queue is not None
-        meta["variant"] = queue.engine.variant if queue else spec.pick_variant(
-            self.config.variant)
+        meta["variant"] = queue.engine.variant if queue else choose_variant(
+            spec, self.config.variant)[0]
         return meta
 
     def queue_depths(self) -> dict[str, int]:

@@ -62,6 +62,8 @@ class FakeEngine:
     def __init__(self, spec: ModelSpec, delay_ms: float = 0.0) -> None:
         self.spec = spec
         self.variant = "fake"
+        self.chosen_by = "the fake catalog"
+        self.engine_name = "fake"
         self.tokenizer = "fake"
         self.text_tokenizer = FakeTokenizer()
         self.delay_ms = delay_ms
