@@ -137,9 +137,12 @@ def clients(sock: str, texts: list[str], count: int = 8, seconds: float = 6.0) -
 
 
 @contextlib.contextmanager
-def private_runtime(name: str, *flags: str, timeout: float = 180.0) -> Iterator[
-        tuple[str, int]]:
-    """A runtime of the benchmark's own with the model preloaded: (socket, pid)."""
+def private_runtime(name: str, *flags: str, timeout: float = 180.0,
+                    env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """A runtime of the benchmark's own with the model preloaded: (socket, pid).
+
+    ``env`` is added to the environment (e.g. PYTHONPATH for the previous version's code).
+    """
     state = WORK_DIR / name
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
@@ -147,7 +150,8 @@ def private_runtime(name: str, *flags: str, timeout: float = 180.0) -> Iterator[
     cmd = [sys.executable, "-m", "pglocalai.cli.main", "serve", "--socket", sock,
            "--state-dir", str(state), "--preload", MODEL_URI, "--log-file",
            str(state / "runtime.log"), *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     try:
         deadline = time.perf_counter() + timeout
         while True:
