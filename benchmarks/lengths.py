@@ -133,7 +133,7 @@ def sweep(passages: Sequence[str], quick: bool = False,
 
 
 def table(res: dict[str, Any]) -> str:
-    """Markdown: texts/s (useful GFLOP/s) per length and path."""
+    """Markdown: texts/s (useful GFLOP/s) per length and path, then the peers'."""
     head = (f"| tokens | texts | array call | row by row | {res['sessions']} sessions |\n"
             "|---|---|---|---|---|\n")
     body = "".join(
@@ -141,14 +141,63 @@ def table(res: dict[str, Any]) -> str:
         f"| {r['row_tps']:,.1f} ({r['row_gflops']:,.0f}) "
         f"| {r['sessions_tps']:,.1f} ({r['sessions_gflops']:,.0f}) |\n" for r in res["rows"])
     load = ", ".join(f"{x:.2f}" for x in res["loadavg"])
-    return ("# Token-length sweep\n\ntexts/s (useful GFLOP/s), multilingual-e5-small:v1 "
-            f"through SQL; load average at the end {load}.\n\n" + head + body)
+    sql = ("texts/s (useful GFLOP/s), multilingual-e5-small:v1 through SQL; load average at "
+           f"the end {load}.\n\n" + head + body) if res["rows"] else "The SQL paths did not run.\n"
+    return "# Token-length sweep\n\n" + sql + (peer_table(res) if res.get("peers") else "")
+
+
+def series(res: dict[str, Any]) -> list[tuple[str, bool, dict[int, float]]]:
+    """(label, ours?, {tokens: texts/s}) for every path and peer that ran."""
+    out = [(f"pglocalai, {label}", True, {r["tokens"]: r[f"{key}_tps"] for r in res["rows"]})
+           for key, label in (("array", "array call"), ("row", "row by row"),
+                              ("sessions", f"{res.get('sessions', SESSIONS)} sessions"))]
+    out += [(p["label"], False, {r["tokens"]: r["texts_per_s"] for r in p["rows"]})
+            for p in (res.get("peers") or {}).values() if p.get("rows")]
+    return [s for s in out if s[2]]
+
+
+def peer_table(res: dict[str, Any]) -> str:
+    """Every path and peer by length: texts/s (useful GFLOP/s); the skipped peers and why."""
+    lengths = sorted({t for _, _, pts in series(res) for t in pts})
+    sql_n = {r["tokens"]: r["texts"] for r in res["rows"]}
+    peer_n = {int(k): v for k, v in (res.get("peer_texts") or {}).items()}
+    head = ("| path or peer | " + " | ".join(f"{t} tokens" for t in lengths) + " | cosine vs "
+            "fp32 (min) |\n|---|" + "---|" * (len(lengths) + 1) + "\n")
+    rows = []
+    fid = {p["label"]: p.get("fidelity") or {} for p in (res.get("peers") or {}).values()}
+    for label, _, pts in series(res):
+        cells = [f"{pts[t]:,.1f} ({pts[t] * flops(t) / 1e9:,.0f})" if t in pts else "–"
+                 for t in lengths]
+        f = fid.get(label, {})
+        rows.append(f"| {label} | " + " | ".join(cells) + " | "
+                    + (f"{f['cos_mean']:.5f} ({f['cos_min']:.5f})" if f else "–") + " |")
+    counts = ("| texts per length: SQL / peers | " + " | ".join(
+        f"{sql_n.get(t, '–')} / {peer_n.get(t, '–')}" for t in lengths) + " | |")
+    skipped = [f"- {p['label']}: {p['skipped']}" for p in res["peers"].values()
+               if p.get("skipped")]
+    versions = [f"- {p['label']}: " + ", ".join(f"{k} {v}" for k, v in p["versions"].items())
+                + f"; batch: {p.get('batch', 'default')}; threads: its default"
+                + (f" ({p['torch_threads']} torch threads)" if "torch_threads" in p else "")
+                + (f"; {p['note']}" if p.get("note") else "")
+                for p in res["peers"].values() if p.get("versions")]
+    repeat = max((p.get("repeat", 1) for p in res["peers"].values()), default=1)
+    return ("\n## Side by side with the peers\n\ntexts/s (useful GFLOP/s). Peers run in-process "
+            "on the first texts of each length the SQL paths embed, batched as each batches by "
+            f"default, after a warm-up, best of {repeat} timings (the SQL paths: one); on a shared "
+            "machine, so the figures are noisy. Cosine: each "
+            f"peer's first vectors of each length against {res.get('peer_reference', 'fp32')}."
+            "\n\n" + head + "\n".join(rows + [counts]) + "\n"
+            + ("\nVersions:\n\n" + "\n".join(versions) + "\n" if versions else "")
+            + ("\nNot run:\n\n" + "\n".join(skipped) + "\n" if skipped else ""))
 
 
 def write(res: dict[str, Any], out_dir: Path) -> None:
+    from benchmarks import plots  # noqa: PLC0415 - matplotlib only here
+
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "lengths.json", res)
     (out_dir / "lengths.md").write_text(table(res), encoding="utf-8")
+    plots.lengths({"lengths": res}, out_dir / "lengths.png")
 
 
 def main() -> None:
@@ -160,9 +209,19 @@ def main() -> None:
     p.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
                    default=list(LENGTHS))
     p.add_argument("--out", type=Path, default=WORK_DIR)
+    p.add_argument("--skip-peers", action="store_true", help="only the SQL paths")
+    p.add_argument("--skip-sql", action="store_true", help="only the peers")
+    p.add_argument("--peers", type=lambda s: s.split(","), default=None,
+                   help="comma-separated peer keys of benchmarks.length_peers.PEERS")
     args = p.parse_args()
     load_run_env()
-    res = sweep(data.build_corpus(2_000, 10).raw, args.quick, args.lengths)
+    raw = data.build_corpus(2_000, 10).raw
+    res = ({"sessions": SESSIONS, "loadavg": os.getloadavg(), "rows": []} if args.skip_sql
+           else sweep(raw, args.quick, args.lengths))
+    if not args.skip_peers:
+        from benchmarks import length_peers  # noqa: PLC0415
+
+        res.update(length_peers.run(raw, args.quick, args.lengths, args.peers))
     write(res, args.out)
     print(table(res))
 

@@ -199,11 +199,58 @@ def vectorizer(r: dict[str, Any], path: Path) -> bool:
     return True
 
 
+PEER_COLORS = ["#7f7f7f", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+               "#17becf", "#bcbd22"]  # matplotlib's tab10 without its blue (ours)
+
+
+def lengths(r: dict[str, Any], path: Path) -> bool:
+    """Token-length sweep: texts/s (log) and useful GFLOP/s against tokens, a line per path."""
+    from benchmarks.lengths import flops, series  # noqa: PLC0415
+
+    res = r.get("lengths") or {}
+    lines = series(res) if res.get("rows") or res.get("peers") else []
+    if not lines:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.4))
+    ours_styles, peer_i = iter(["o-", "s-", "^-"]), 0
+    for label, ours, pts in lines:
+        ts = sorted(pts)
+        if ours:
+            kw = {"color": OURS, "fmt": next(ours_styles, "o-"), "lw": 2.2}
+        else:
+            kw = {"color": PEER_COLORS[peer_i % len(PEER_COLORS)], "fmt": "o--", "lw": 1.3}
+            peer_i += 1
+        for ax, ys in ((a1, [pts[t] for t in ts]), (a2, [pts[t] * flops(t) / 1e9 for t in ts])):
+            ax.plot(ts, ys, kw["fmt"], color=kw["color"], lw=kw["lw"], ms=4, label=label)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ts = sorted({t for _, _, pts in lines for t in pts})
+        ax.set_xticks(ts, [str(t) for t in ts])
+        ax.set_xlabel("tokens per text")
+        ax.grid(alpha=0.3, which="both")
+    a1.set_yscale("log")
+    a1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    a1.set_ylabel("texts per second, log scale (higher is better)")
+    a1.set_title("Throughput", fontsize=10)
+    a2.set_ylim(0, None)
+    a2.set_ylabel("useful GFLOP/s (2·MACs·T + 48·T²·384 per text)")
+    a2.set_title("Useful compute rate", fontsize=10)
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    sub = _subtitle(r).split(",")[0] if r.get("machine") else "one run"
+    fig.suptitle("Token-length sweep: pglocalai through SQL (blue) and in-process peers on the "
+                 "same texts\n" + sub, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(lines) + 2) // 3), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def draw_all(r: dict[str, Any], out: Path) -> dict[str, str]:
     done = {}
     for name, fn in (("throughput", throughput), ("latency", latency),
                      ("concurrency", concurrency), ("profile", profile),
-                     ("vectorizer", vectorizer)):
+                     ("vectorizer", vectorizer), ("lengths", lengths)):
         p = out / f"{name}.png"
         try:
             if fn(r, p):

