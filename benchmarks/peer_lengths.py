@@ -73,12 +73,17 @@ def _st_folder(src: Path, work: Path, backend: str, int8: bool,
 
     dst = work / f"st-{backend}"
     target = dst / ("onnx" if backend == "onnx" else "openvino")
-    if not target.exists():
+    # the export is redone when the HF export it came from was rewritten
+    st = (src / "model.safetensors").stat()
+    stamp = json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    if not target.exists() or not (dst / "source.json").exists() or \
+            (dst / "source.json").read_text(encoding="utf-8") != stamp:
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model = SentenceTransformer(str(src), device="cpu", backend=backend,
                                     local_files_only=True)
         model.save_pretrained(str(tmp))
+        (tmp / "source.json").write_text(stamp, encoding="utf-8")
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
     kwargs: dict[str, Any] = {}
