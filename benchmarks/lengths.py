@@ -80,7 +80,7 @@ def _timed(conn: Any, sql: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _sessions(n: int, seconds: int) -> float:
+def _sessions(n: int, seconds: int, socket: str | None = None) -> float:
     from benchmarks.pgbench import pgbench_binary  # noqa: PLC0415
 
     d = WORK_DIR / "lengths-pgbench"
@@ -90,8 +90,10 @@ def _sessions(n: int, seconds: int) -> float:
     cmd = [pgbench_binary(), "-n", "-M", "prepared", "-c", str(SESSIONS), "-j", "2",
            "-T", str(seconds), "-D", f"ndocs={n}", "-D", f"model={MODEL_URI}",
            "-f", str(d / "embed.sql")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
-                          env=dict(os.environ))
+    env = dict(os.environ)
+    if socket:  # every pgbench session talks to that runtime
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c azure_local_ai.runtime_socket={socket}"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=env)
     shutil.rmtree(d, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"pgbench failed: {proc.stderr.strip()[-400:]}")
@@ -102,34 +104,80 @@ def _sessions(n: int, seconds: int) -> float:
 
 
 def sweep(passages: Sequence[str], quick: bool = False,
-          lengths: Sequence[int] = LENGTHS) -> dict[str, Any]:
-    """texts/s and useful GFLOP/s per length and path, in one run."""
+          lengths: Sequence[int] = LENGTHS, previous: str | None = None) -> dict[str, Any]:
+    """texts/s and useful GFLOP/s per length and path, in one run.
+
+    ``previous``: the socket of the previous version's runtime (:mod:`benchmarks.previous`);
+    each length then runs the same three paths on the same texts against it too, right
+    after the current runtime, so that drift on a shared machine hits both alike.
+    """
     from benchmarks.sql import connect  # noqa: PLC0415 - needs psycopg + the cluster
 
     seconds = 4 if quick else 15
     rows: list[dict[str, Any]] = []
     with connect() as conn:
-        conn.execute(f"SELECT {FN}(%s, 'warm-up')", (MODEL_URI,))
+        for sock in (None, previous) if previous else (None,):
+            _use(conn, sock)
+            conn.execute(f"SELECT {FN}(%s, 'warm-up')", (MODEL_URI,))
         try:
             for tokens in lengths:
                 n = rows_for(tokens, quick)
                 say(f"lengths: {n} texts of {tokens} tokens: array, row by row, "
-                    f"{SESSIONS} sessions")
+                    f"{SESSIONS} sessions" + (", then the previous version" if previous else ""))
                 _load(conn, make_texts(passages, tokens, n))
-                array = _timed(conn, f"""UPDATE {TABLE} d SET e = x.embedding FROM (
-                    SELECT ({FN}(%(model)s, array_agg(doc ORDER BY id),
-                                 array_agg(id ORDER BY id))).* FROM {TABLE}) x
-                    WHERE d.id = x.id""", n)
-                row = _timed(conn, f"UPDATE {TABLE} SET e = {FN}(%(model)s, doc)", n)
-                sessions = _sessions(n, seconds)
+                row = _paths(conn, n, seconds, None)
                 gf = flops(tokens) / 1e9
-                rows.append({"tokens": tokens, "texts": n, "array_tps": array,
-                             "row_tps": row, "sessions_tps": sessions,
-                             "array_gflops": array * gf, "row_gflops": row * gf,
-                             "sessions_gflops": sessions * gf})
+                rows.append({"tokens": tokens, "texts": n, **row,
+                             **{f"{k[:-4]}_gflops": v * gf for k, v in row.items()}})
+                if previous:
+                    rows[-1]["previous"] = _paths(conn, n, seconds, previous)
         finally:
+            _use(conn, None)
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    return {"sessions": SESSIONS, "loadavg": os.getloadavg(), "rows": rows}
+    out = {"sessions": SESSIONS, "loadavg": os.getloadavg(), "rows": rows}
+    if previous:
+        from benchmarks.previous import PREVIOUS  # noqa: PLC0415
+
+        out["previous_commit"] = PREVIOUS
+    return out
+
+
+def _use(conn: Any, socket: str | None) -> None:
+    """Route this session's calls to ``socket``'s runtime, or back to the configured one."""
+    if socket:
+        conn.execute("SELECT set_config('azure_local_ai.runtime_socket', %s, false)", (socket,))
+    else:
+        conn.execute("RESET azure_local_ai.runtime_socket")
+
+
+def _paths(conn: Any, n: int, seconds: int, socket: str | None) -> dict[str, float]:
+    """texts/s of the array call, row by row and the sessions on the loaded table."""
+    _use(conn, socket)
+    try:
+        array = _timed(conn, f"""UPDATE {TABLE} d SET e = x.embedding FROM (
+            SELECT ({FN}(%(model)s, array_agg(doc ORDER BY id),
+                         array_agg(id ORDER BY id))).* FROM {TABLE}) x
+            WHERE d.id = x.id""", n)
+        row = _timed(conn, f"UPDATE {TABLE} SET e = {FN}(%(model)s, doc)", n)
+    finally:
+        _use(conn, None)
+    return {"array_tps": array, "row_tps": row, "sessions_tps": _sessions(n, seconds, socket)}
+
+
+def before_after(res: dict[str, Any]) -> str:
+    """Markdown: this version against the previous landed one, same texts, same run."""
+    rows = [r for r in res["rows"] if r.get("previous")]
+    if not rows:
+        return ""
+    head = ("| tokens | " + " | ".join(f"{label}: now / before (ratio)" for label in (
+        "array call", "row by row", f"{res['sessions']} sessions")) + " |\n|---|---|---|---|\n")
+    body = "".join(f"| {r['tokens']} | " + " | ".join(
+        f"{r[k]:,.1f} / {r['previous'][k]:,.1f} ({r[k] / r['previous'][k]:.2f}x)"
+        for k in ("array_tps", "row_tps", "sessions_tps")) + " |\n" for r in rows)
+    return (f"\n## Before and after\n\nThe previous landed version (commit "
+            f"{res.get('previous_commit', '?')}, its own runtime and model store) on the same "
+            "texts in the same run, each length right after this version: texts/s.\n\n"
+            + head + body)
 
 
 def table(res: dict[str, Any]) -> str:
@@ -143,7 +191,8 @@ def table(res: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in res["loadavg"])
     sql = ("texts/s (useful GFLOP/s), multilingual-e5-small:v1 through SQL; load average at "
            f"the end {load}.\n\n" + head + body) if res["rows"] else "The SQL paths did not run.\n"
-    return "# Token-length sweep\n\n" + sql + (peer_table(res) if res.get("peers") else "")
+    return ("# Token-length sweep\n\n" + sql + before_after(res)
+            + (peer_table(res) if res.get("peers") else ""))
 
 
 def series(res: dict[str, Any]) -> list[tuple[str, bool, dict[int, float]]]:
@@ -211,13 +260,22 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=WORK_DIR)
     p.add_argument("--skip-peers", action="store_true", help="only the SQL paths")
     p.add_argument("--skip-sql", action="store_true", help="only the peers")
+    p.add_argument("--previous", action="store_true",
+                   help="also the previous landed version (benchmarks.previous), side by side")
     p.add_argument("--peers", type=lambda s: s.split(","), default=None,
                    help="comma-separated peer keys of benchmarks.length_peers.PEERS")
     args = p.parse_args()
     load_run_env()
     raw = data.build_corpus(2_000, 10).raw
-    res = ({"sessions": SESSIONS, "loadavg": os.getloadavg(), "rows": []} if args.skip_sql
-           else sweep(raw, args.quick, args.lengths))
+    if args.skip_sql:
+        res: dict[str, Any] = {"sessions": SESSIONS, "loadavg": os.getloadavg(), "rows": []}
+    elif args.previous:
+        from benchmarks.previous import previous_runtime  # noqa: PLC0415
+
+        with previous_runtime() as (sock, _pid):
+            res = sweep(raw, args.quick, args.lengths, sock)
+    else:
+        res = sweep(raw, args.quick, args.lengths)
     if not args.skip_peers:
         from benchmarks import length_peers  # noqa: PLC0415
 

@@ -17,9 +17,11 @@ here fails on a slow number.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import subprocess
 import time
 import traceback
 from collections.abc import Callable
@@ -159,9 +161,9 @@ def main() -> None:
         from benchmarks import lengths  # noqa: PLC0415 - needs psycopg + the cluster
 
         say(f"token-length sweep: {lengths.LENGTHS} tokens; array, row by row, "
-            f"{lengths.SESSIONS} sessions")
-        b.r["lengths"] = b.step("token-length sweep",
-                                lambda: lengths.sweep(corpus.raw, args.quick))
+            f"{lengths.SESSIONS} sessions; this version and the previous landed one")
+        b.r["lengths"] = b.step("token-length sweep", lambda: sweep_with_previous(corpus.raw,
+                                                                                 args.quick))
         b.r["memory"]["backend"] = b.step("backend memory",
                                           lambda: sql.backend_memory(passages))
         b.r["memory"]["runtime_live"] = b.step("runtime memory", runtime.live_memory)
@@ -177,6 +179,12 @@ def main() -> None:
     if ready:
         b.step("drop the benchmark tables", sql.cleanup)
     if have_model:
+        from benchmarks import engines  # noqa: PLC0415
+
+        say(f"engines side by side: {', '.join(engines.ENGINES)}")
+        b.r["engines"] = b.step("engines", engines.run_all)
+        if b.r["engines"]:
+            engines.write(b.r["engines"], args.out)
         for variant in variants(mdir):
             res = b.step(f"runtime memory {variant}",
                          lambda v=variant: runtime.variant_memory(v, passages))
@@ -197,6 +205,21 @@ def main() -> None:
     b.r["duration_s"] = round(time.perf_counter() - t_start, 1)
     finish(b.r, b.passage_tokens, args.out)
     say(f"wrote {args.out / 'results.json'}, README.md and plots")
+
+
+def sweep_with_previous(raw: list[str], quick: bool) -> dict[str, Any]:
+    """The token-length sweep, this version and the previous landed one side by side; this
+    version alone (the reason recorded) when the previous one cannot start."""
+    from benchmarks import lengths  # noqa: PLC0415
+    from benchmarks.previous import previous_runtime  # noqa: PLC0415
+
+    with contextlib.ExitStack() as stack:
+        try:
+            sock, _pid = stack.enter_context(previous_runtime())
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            say(f"previous version not measured: {exc}")
+            return {**lengths.sweep(raw, quick), "previous_skipped": str(exc)[:300]}
+        return lengths.sweep(raw, quick, previous=sock)
 
 
 def lengths_peers(b: Bench, raw: list[str]) -> None:
