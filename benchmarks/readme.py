@@ -168,7 +168,9 @@ def _vectorizer(r: dict[str, Any]) -> str:
               "(a worker with default settings until its queue is empty) embed the same "
               "passages, alternating which goes first; "
               f"{_f(t.get('inserts'))} single-row INSERTs per table in one session, with and "
-              "without a vectorizer (no worker running), interleaved in blocks of 100; a "
+              "without a vectorizer (no worker running), interleaved in blocks of 100 whose "
+              "order alternates (ratio and overhead: medians over the block pairs; the parts "
+              "from `python -m benchmarks.trigger_parts`); a "
               f"writer at {_f(lg.get('rate_per_s'))} rows/s for {_f(lg.get('seconds'))} s "
               "with one worker process, lag measured from each commit until a poller sees "
               "the vector." + why
