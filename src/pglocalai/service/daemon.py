@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import sys
@@ -37,23 +38,57 @@ MAX_START_FAILURES = 5
 # -- pidfile -----------------------------------------------------------------
 
 
+# pidfile path -> its open file, whose lock this process holds (forked children share it)
+_HELD: dict[str, int] = {}
+
+
 def write_pidfile(path: str) -> None:
     """Written to a fresh file (O_EXCL, O_NOFOLLOW) and renamed over ``path``: a link
-    planted at either name is replaced, never followed."""
+    planted at either name is replaced, never followed.
+
+    The file stays open and locked (flock) while this process lives. A second start
+    with the same pidfile (two ``make up`` at once) is refused here, before it could
+    replace the file and then remove it when its socket turns out to be taken, which
+    left the running process without a pidfile.
+    """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    holder = pidfile_holder(path)
+    if holder is not None:
+        raise AlreadyRunning(f"another process (pid {holder}) holds the pidfile \"{path}\"",
+                             hint="stop it first, or give this one another --pidfile")
     tmp = f"{path}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(f"{os.getpid()}\n")
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else has it
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
     os.replace(tmp, path)
+    _HELD[path] = fd
+
+
+def pidfile_holder(path: str) -> int | None:
+    """The pid written in ``path`` while a live process (this one too) holds its lock;
+    None when nobody does (a stale file, or none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_pidfile(path) or -1
+    finally:
+        os.close(fd)
+    return None
 
 
 def remove_pidfile(path: str | None) -> None:
     if path and read_pidfile(path) == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    fd = _HELD.pop(path, None) if path else None
+    if fd is not None:
+        os.close(fd)
 
 
 def read_pidfile(path: str) -> int | None:
