@@ -21,7 +21,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def render(r: dict[str, Any]) -> str:
     parts = [_intro(r), _targets(r), _throughput(r), _single(r), _concurrency(r), _cpu(r),
-             _vectorizer(r), _memory(r),
+             _vectorizer(r), _elsewhere(r), _memory(r),
              _compute(r), _machine(r), _reproduce(r), _notes(r)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -60,6 +60,20 @@ def _targets(r: dict[str, Any]) -> str:
         status = "**pass**" if t["status"] == "pass" else "**short**"
         rows.append([t["target"], f"{t['ratio']:{fmt}}× ({detail})", t["goal"], status])
     return "## Targets\n\n" + _table(["target", "measured ratio", "goal", "status"], rows)
+
+
+def _elsewhere(r: dict[str, Any]) -> str:
+    """The parts with pages of their own: the token-length sweep, the engines."""
+    lines = []
+    if r.get("lengths"):
+        lines.append("- [lengths.md](lengths.md) ([plot](lengths.png)): texts of 16 to 512 tokens "
+                     "through the array call, row by row and 8 sessions; this version against "
+                     "the previous landed one on the same texts; the peers on the same texts.")
+    if r.get("engines"):
+        lines.append("- [engines.md](engines.md) ([plot](engines.png)): the engines side by side "
+                     "in-process: ONNX Runtime int8 (the default), fp32 and MatMulNBits, "
+                     "OpenVINO bf16; speed, fidelity to fp32, batch invariance.")
+    return "## On pages of their own\n\n" + "\n".join(lines) if lines else ""
 
 
 def _throughput(r: dict[str, Any]) -> str:
