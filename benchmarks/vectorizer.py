@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+import pglocalai
 from benchmarks import trigger_parts
 from benchmarks.common import MODEL_URI, WORK_DIR, load_run_env, percentiles, say, write_json
 from benchmarks.data import build_corpus
@@ -56,8 +57,8 @@ def database() -> str:
         conn.execute("CREATE EXTENSION vector")
         conn.execute("CREATE EXTENSION azure_local_ai CASCADE")
         if conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'azure_local_ai'"
-                        ).fetchone()[0] != "1.1.0":
-            conn.execute("ALTER EXTENSION azure_local_ai UPDATE TO '1.1.0'")
+                        ).fetchone()[0] != pglocalai.EXTENSION_VERSIONS[-1]:
+            conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
         for key, value in settings.items():
             if value:
                 conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(

@@ -415,7 +415,7 @@ runtime_down() {
 # changed since the last `up`, re-create the extension; without CASCADE, so nothing of the
 # user's is dropped (if something depends on it, say so and keep it).
 refresh_extension() {
-    local sharedir stamp hash installed
+    local sharedir stamp hash installed version
     sharedir="$("$PG_BIN/pg_config" --sharedir)"
     stamp="$CLUSTER_ROOT/azure_local_ai.sha256"
     hash="$(cat "$sharedir"/extension/azure_local_ai[.-]* | sha256sum | cut -c1-64)"
@@ -425,7 +425,13 @@ refresh_extension() {
         log "the extension's installed files changed: re-creating azure_local_ai in $DATABASE"
         if ! psql_as_postgres -d "$DATABASE" -c "DROP EXTENSION azure_local_ai" 2>/dev/null; then
             # no stamp: the next `up` tries again
-            warn "objects depend on azure_local_ai: kept its old definitions" \
+            # a newer released version is still reached through its upgrade scripts
+            psql_as_postgres -d "$DATABASE" -qc "ALTER EXTENSION azure_local_ai UPDATE" \
+                >/dev/null 2>&1 || true
+            version="$(psql_as_postgres -d "$DATABASE" -Atc \
+                "SELECT extversion FROM pg_extension WHERE extname = 'azure_local_ai'")"
+            warn "objects depend on azure_local_ai: updated it in place to version $version" \
+                "instead of re-creating it; a version's own definitions are kept" \
                 "(DROP EXTENSION azure_local_ai CASCADE renews them)"
             return
         fi

@@ -1,4 +1,4 @@
-"""Fixtures of the vectorizer tests: a database at azure_local_ai 1.1.0 and a worker to run.
+"""Fixtures of the vectorizer tests: a database at the newest azure_local_ai and a worker to run.
 
 The tests use the real cluster, the runtime `make up` started and its model (each module
 is marked pg and model, except test_units). Each module gets its own database; each test
@@ -26,6 +26,7 @@ from support import (
 )
 from vectorizer_support import E5, conninfo
 
+import pglocalai
 from pglocalai.vectorizer.report import Report
 from pglocalai.vectorizer.worker import Options, Worker
 
@@ -34,13 +35,13 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def vec_db(pg_params: dict[str, str], deployed_socket: str) -> Iterator[dict[str, str]]:
-    """A database with vector and azure_local_ai 1.1.0 whose sessions use the runtime."""
+    """A database with vector and the newest azure_local_ai whose sessions use the runtime."""
     name = database_name(f"vec{next(_names)}")
     try:
         db = create_database(pg_params, name, extra=("vector",))
         with connect(db) as conn:
-            if extension_version(conn) != "1.1.0":
-                conn.execute("ALTER EXTENSION azure_local_ai UPDATE TO '1.1.0'")
+            if extension_version(conn) != pglocalai.EXTENSION_VERSIONS[-1]:
+                conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
             settings = {"azure_local_ai.runtime_socket": deployed_socket}
             # until `make install-ext` serves 1.1.0: a folder holding <dir>/1.1.0/pglocalai
             if os.environ.get("PGLOCALAI_TEST_PYTHON_LIB_DIR"):
@@ -53,7 +54,8 @@ def vec_db(pg_params: dict[str, str], deployed_socket: str) -> Iterator[dict[str
             conn.execute("SELECT azure_local_ai.model_metadata(%s)", (E5,))
     except psycopg.Error as exc:
         drop_database(pg_params, name)
-        missing(f"no database with azure_local_ai 1.1.0 and a working runtime: {exc}")
+        missing(f"no database with azure_local_ai {pglocalai.EXTENSION_VERSIONS[-1]} and a "
+                f"working runtime: {exc}")
     yield db
     drop_database(pg_params, name)
 

@@ -12,6 +12,7 @@ from psycopg import sql
 from support import connect, create_database, database_name, drop_database, extension_version
 from vectorizer_support import E5, TEXTS, conninfo, make_docs, max_difference, queued, status
 
+import pglocalai
 from pglocalai.vectorizer.report import Report
 from pglocalai.vectorizer.worker import Options, Worker
 
@@ -76,8 +77,8 @@ def test_a_dump_restores_without_a_runtime_and_the_vectorizer_resumes(
     try:
         db = create_database(pg_params, source, extra=("vector",))
         with connect(db) as conn:
-            if extension_version(conn) != "1.1.0":
-                conn.execute("ALTER EXTENSION azure_local_ai UPDATE TO '1.1.0'")
+            if extension_version(conn) != pglocalai.EXTENSION_VERSIONS[-1]:
+                conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
         settle(db, deployed_socket)
         with connect(db) as conn:
             make_docs(conn, "saved", 12)
@@ -102,11 +103,12 @@ def test_a_dump_restores_without_a_runtime_and_the_vectorizer_resumes(
         only: list[str] = []
         with connect({**db, "dbname": target}) as conn:
             if conn.execute("SELECT default_version FROM pg_available_extensions "
-                            "WHERE name = 'azure_local_ai'").fetchone()[0] != "1.1.0":
+                            "WHERE name = 'azure_local_ai'").fetchone()[0] \
+                    != pglocalai.EXTENSION_VERSIONS[-1]:
                 # pg_dump writes CREATE EXTENSION without a version: until 1.1.0 is the
                 # default, create the version the dump needs first and restore the rest
                 conn.execute("CREATE EXTENSION azure_local_ai VERSION '1.0.0' CASCADE")
-                conn.execute("ALTER EXTENSION azure_local_ai UPDATE TO '1.1.0'")
+                conn.execute("ALTER EXTENSION azure_local_ai UPDATE")
                 entries = run(str(PG_BIN / "pg_restore"), "-l", str(dump)).stdout.splitlines()
                 listing = tmp_path / "restore.list"
                 listing.write_text("\n".join(
