@@ -150,7 +150,7 @@ def stats(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
             model["variant_chosen_by"] = getattr(queue.engine, "chosen_by", "")
             model["wide_runs"] = queue.wide
     snap["engine"] = {"cpu": cpu_features(),
-                      "variant_asked": server.config.variant or "auto"}
+                      "variant_asked": server.config.variant or "default"}
     return Frame(Kind.RESULT, frame.request_id, snap)
 
 

@@ -143,7 +143,11 @@ def self_check(engine: OpenVinoEngine) -> None:
     together = engine.run(texts)
     worst = max(float(np.abs(engine.run([ids])[0] - together[i]).max())
                 for i, ids in enumerate(texts))
-    if not np.isfinite(together).all() or worst > 1e-6:
+    if not np.isfinite(together).all():
+        raise ModelFormatError(f"model \"{engine.spec.uri}\" variant {engine.variant} gives "
+                               "non-finite vectors on this CPU",
+                               hint="run the int8 variant: pglocalai serve --variant int8")
+    if worst > 1e-6:
         raise ModelFormatError(f"model \"{engine.spec.uri}\" variant {engine.variant} is not "
                                "batch-invariant on this CPU",
                                detail=f"a text alone and in a batch differ by {worst:.2e}",
