@@ -48,6 +48,12 @@ def variants(mdir: Path) -> list[str]:
     return sorted(model_meta(mdir).get("variants", {}))
 
 
+def onnx_variants(mdir: Path) -> list[str]:
+    """The variants ONNX Runtime runs (the bf16 one is OpenVINO's)."""
+    return [v for v, spec in sorted(model_meta(mdir).get("variants", {}).items())
+            if spec.get("engine", "onnxruntime") == "onnxruntime"]
+
+
 def default_variant(mdir: Path) -> str:
     return str(model_meta(mdir).get("default_variant", "int8"))
 

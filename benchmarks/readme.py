@@ -187,7 +187,8 @@ def _vectorizer(r: dict[str, Any]) -> str:
               "from `python -m benchmarks.trigger_parts`); a "
               f"writer at {_f(lg.get('rate_per_s'))} rows/s for {_f(lg.get('seconds'))} s "
               "with one worker process, lag measured from each commit until a poller sees "
-              "the vector." + why
+              "the vector." + (f" This part was {v['rerun']}." if v.get("rerun") else "")
+            + why
             + (f"\n\n![vectorizer]({png})" if png.endswith(".png") else ""))
 
 

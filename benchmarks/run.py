@@ -41,6 +41,7 @@ from benchmarks.common import (
     load_run_env,
     model_dir,
     model_summary,
+    onnx_variants,
     save_texts,
     say,
     variants,
@@ -191,7 +192,7 @@ def main() -> None:
             if res:
                 b.r["memory"].setdefault("runtime_variants", {})[variant] = res
         prof_texts = save_texts(WORK_DIR / "profile.json", passages[:512])
-        for variant in variants(mdir):
+        for variant in onnx_variants(mdir):
             res = b.step(f"profile {variant}", lambda v=variant: peers.ort_profile(
                 mdir, v, prof_texts, args.threads, 64))
             if res:

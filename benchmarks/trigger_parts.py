@@ -61,8 +61,8 @@ WHAT = {
     "notify": "+ pg_notify",
     "exception": "+ the exception block (a subtransaction)",
     "queue_trigger": "+ the queue's own count trigger (its WHEN is false here)",
-    "vectorizer": "create_vectorizer's generated trigger (1.1.0)",
-    "vectorizer_set": "the same with SET enable_seqscan = off on the enqueue function",
+    "vectorizer": "create_vectorizer's generated trigger (as installed: 1.1.1 has the SET below)",
+    "vectorizer_set": "the same, SET enable_seqscan = off set again (1.1.0 had none)",
     "row_trigger": "an empty AFTER INSERT row trigger",
     "row_all": "a row trigger doing queue + count + notify + exception block",
 }

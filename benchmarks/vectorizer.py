@@ -196,6 +196,8 @@ def lag(dsn: str, socket: str, rate: float = 20.0, seconds: float = 30.0) -> dic
         vid = conn.execute("SELECT azure_local_ai.create_vectorizer('vb_lag', 'doc', "
                            "'embedding')").fetchone()[0]
         env = {**os.environ, "PGDATABASE": DB, "PGLOCALAI_SOCKET": socket}
+        for own in ("PGLOCALAI_WORKER_PIDFILE", "PGLOCALAI_WORKER_LOG_FILE"):
+            env.pop(own, None)  # the files of the make-up worker, which holds them
         log = open(WORK_DIR / "vectorizer-worker.log", "w")  # noqa: SIM115 - closed below
         worker = subprocess.Popen([sys.executable, "-m", "pglocalai.cli.main", "worker"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)

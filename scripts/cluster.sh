@@ -472,7 +472,9 @@ export PGLOCALAI_SOCKET='$RUNTIME_SOCKET'
 export PGLOCALAI_HOME='$PGLOCALAI_HOME'
 export PGLOCALAI_RUNTIME_PIDFILE='$RUNTIME_PIDFILE'
 export PGLOCALAI_RUNTIME_LOG='$RUNTIME_LOG'
-export PGLOCALAI_WORKER_PIDFILE='$WORKER_PIDFILE'
+# not PGLOCALAI_WORKER_PIDFILE: \`pglocalai worker\` reads that as its --pidfile, and a worker
+# run by hand in this shell would take the pidfile of the one make up started
+export PGLOCALAI_UP_WORKER_PIDFILE='$WORKER_PIDFILE'
 export PGLOCALAI_WORKER_LOG='$WORKER_LOG'
 export PGLOCALAI_PGLOG='$PG_LOG'
 EOF

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.pg
 
 def worker_processes() -> tuple[int, list[int]]:
     """The supervisor of `make up`'s worker and its children."""
-    pidfile = Path(required_setting("PGLOCALAI_WORKER_PIDFILE"))
+    pidfile = Path(required_setting("PGLOCALAI_UP_WORKER_PIDFILE"))
     assert pidfile.is_file(), f"no worker pidfile {pidfile}: make up did not start a worker"
     supervisor = int(pidfile.read_text().strip())
     argv = Path(f"/proc/{supervisor}/cmdline").read_bytes().split(b"\0")

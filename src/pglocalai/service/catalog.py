@@ -96,7 +96,7 @@ def choose_variant(spec: ModelSpec, wanted: str | None) -> tuple[str, str]:
     Never chosen by a measurement at start: the same machine always gets the same
     variant, so an IMMUTABLE function's vectors do not change across restarts. ``bf16``
     is not a default anywhere yet: on the one CPU it was measured on (AVX512-BF16, no
-    AMX) it ran slower than int8 (docs/benchmarks/engines.md).
+    AMX) it was 0.95x int8 on short texts and needed ~150 MiB more (docs/models.md).
     """
     if wanted:
         if wanted in spec.variants:
