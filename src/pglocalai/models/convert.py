@@ -44,7 +44,7 @@ DESCRIPTIONS = {
             "tanh-form GELU; word embeddings kept as the pack's exact 4-bit blocks",
     "bf16": "the fp32 encoder run by OpenVINO at bf16 (fp16-stored weights), one run per "
             "token length (batch-invariant); word embeddings gathered from the pack's exact "
-            "4-bit blocks; chosen on CPUs with AMX bf16 tiles",
+            "4-bit blocks; runs when asked for (pglocalai serve --variant bf16)",
 }
 # pack name -> Hugging Face BertModel name of each per-layer Linear
 _LINEARS = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
@@ -216,7 +216,8 @@ def _run_bf16(folder: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     table = WordTable((folder / BF16_WORD_TABLE).read_bytes())
     compiled = ov.Core().compile_model(str(folder / FILES["bf16"]), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "bf16"})
+                                       {"INFERENCE_PRECISION_HINT": "bf16",
+                                        "SNIPPETS_MODE": "DISABLE"})  # as the engine runs it
     rows = []
     for row_ids, row_mask in zip(ids, mask, strict=True):
         one = row_ids[row_mask.astype(bool)][None, :]
