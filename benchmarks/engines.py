@@ -36,19 +36,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import MODEL_URI, OUT_DIR, WORK_DIR, model_dir, say
+from pglocalai.service.engine import pad
 
 ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "openvino-bf16")
 SHORT, BATCH, LONG, SINGLES = 1024, 16, 12, 100
+PAD_ID = 1  # <pad> of the XLM-R vocabulary
 Run = Callable[[Sequence[np.ndarray], int], np.ndarray]  # (token ids, threads) -> vectors
-
-
-def _pad(batch: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(x) for x in batch)
-    ids = np.ones((len(batch), width), np.int64)
-    mask = np.zeros((len(batch), width), np.int64)
-    for i, x in enumerate(batch):
-        ids[i, : len(x)], mask[i, : len(x)] = x, 1
-    return ids, mask
 
 
 def _ort(path: str) -> Run:
@@ -64,7 +57,7 @@ def _ort(path: str) -> Run:
     sessions = {1: session(1), 2: session(2)}
 
     def run(batch: Sequence[np.ndarray], threads: int) -> np.ndarray:
-        ids, mask = _pad(batch)
+        ids, mask = pad(batch, PAD_ID)
         return sessions[threads].run(None, {"input_ids": ids, "attention_mask": mask})[0]
     return run
 

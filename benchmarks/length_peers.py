@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import REPO, RUN_DIR, WORK_DIR, say
-from benchmarks.lengths import make_texts, rows_for
+from benchmarks.sweep_texts import make_texts, rows_for
 
 SCRIPT = Path(__file__).with_name("peer_lengths.py")
 # a peer runs at most about this many tokens per length (at least 8 texts)

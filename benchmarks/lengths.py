@@ -16,54 +16,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MODEL_URI, WORK_DIR, model_dir, say, write_json
+from benchmarks.common import MODEL_URI, WORK_DIR, say, write_json
+from benchmarks.sweep_texts import (  # noqa: F401 - LENGTHS, SESSIONS: run.py reads them here
+    FN,
+    LENGTHS,
+    SESSIONS,
+    flops,
+    make_texts,
+    rows_for,
+    series,
+)
 
-LENGTHS = (16, 64, 128, 256, 512)
 TABLE = "bench_lengths"
-FN = "azure_local_ai.create_embeddings"
-SESSIONS = 8
-WEIGHT_MACS = 21.23e6  # per token, multilingual-e5-small (issue 15)
-SCRIPT = f"""\\set id random(1, :ndocs)
-SELECT {FN}(CAST(:model AS text), doc) FROM {TABLE} WHERE id = :id;
-"""
-
-
-def flops(tokens: int) -> float:
-    return 2 * WEIGHT_MACS * tokens + 48 * tokens * tokens * 384
-
-
-def make_texts(passages: Sequence[str], tokens: int, count: int) -> list[str]:
-    """``count`` texts of ``tokens`` tokens (with <s> and </s>), cut from joined passages."""
-    from tokenizers import Tokenizer  # noqa: PLC0415
-
-    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tok.no_truncation()
-    body = tokens - 2
-    out: list[str] = []
-    start = 0
-    while len(out) < count:
-        parts: list[str] = []
-        while True:
-            parts.append(passages[start % len(passages)])
-            start += 1
-            text = "passage: " + " ".join(parts)
-            enc = tok.encode(text, add_special_tokens=False)
-            if len(enc.ids) >= body:
-                break
-        out.append(text[: enc.offsets[body - 1][1]])
-    return out
-
-
-def rows_for(tokens: int, quick: bool) -> int:
-    """About the same work per length: ~64k tokens (quick ~16k), at least 32 rows."""
-    return max(32, (16_384 if quick else 65_536) // tokens)
 
 
 def _load(conn: Any, texts: Sequence[str]) -> None:
@@ -81,26 +50,9 @@ def _timed(conn: Any, sql: str, n: int) -> float:
 
 
 def _sessions(n: int, seconds: int, socket: str | None = None) -> float:
-    from benchmarks.pgbench import pgbench_binary  # noqa: PLC0415
+    from benchmarks.pgbench import texts_per_s  # noqa: PLC0415
 
-    d = WORK_DIR / "lengths-pgbench"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    (d / "embed.sql").write_text(SCRIPT, encoding="utf-8")
-    cmd = [pgbench_binary(), "-n", "-M", "prepared", "-c", str(SESSIONS), "-j", "2",
-           "-T", str(seconds), "-D", f"ndocs={n}", "-D", f"model={MODEL_URI}",
-           "-f", str(d / "embed.sql")]
-    env = dict(os.environ)
-    if socket:  # every pgbench session talks to that runtime
-        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c azure_local_ai.runtime_socket={socket}"
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=env)
-    shutil.rmtree(d, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {proc.stderr.strip()[-400:]}")
-    for line in proc.stdout.splitlines():
-        if line.startswith("tps = "):
-            return float(line.split()[2])
-    raise RuntimeError("pgbench printed no tps")
+    return texts_per_s(TABLE, SESSIONS, seconds, n, socket)
 
 
 def sweep(passages: Sequence[str], quick: bool = False,
@@ -193,16 +145,6 @@ def table(res: dict[str, Any]) -> str:
            f"the end {load}.\n\n" + head + body) if res["rows"] else "The SQL paths did not run.\n"
     return ("# Token-length sweep\n\n" + sql + before_after(res)
             + (peer_table(res) if res.get("peers") else ""))
-
-
-def series(res: dict[str, Any]) -> list[tuple[str, bool, dict[int, float]]]:
-    """(label, ours?, {tokens: texts/s}) for every path and peer that ran."""
-    out = [(f"pglocalai, {label}", True, {r["tokens"]: r[f"{key}_tps"] for r in res["rows"]})
-           for key, label in (("array", "array call"), ("row", "row by row"),
-                              ("sessions", f"{res.get('sessions', SESSIONS)} sessions"))]
-    out += [(p["label"], False, {r["tokens"]: r["texts_per_s"] for r in p["rows"]})
-            for p in (res.get("peers") or {}).values() if p.get("rows")]
-    return [s for s in out if s[2]]
 
 
 def peer_table(res: dict[str, Any]) -> str:

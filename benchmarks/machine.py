@@ -14,20 +14,13 @@ import time
 from typing import Any
 
 from benchmarks.common import REPO
+from pglocalai.service.cpu import cpuinfo_fields
 
 
 def cpu_info() -> dict[str, Any]:
-    model, mhz, flags = "unknown", 0.0, set()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            key, val = key.strip(), val.strip()
-            if key == "model name":
-                model = val
-            elif key == "cpu MHz" and not mhz:
-                mhz = float(val)
-            elif key == "flags" and not flags:
-                flags = set(val.split())
+    fields = cpuinfo_fields()
+    model, mhz = fields.get("model name", "unknown"), float(fields.get("cpu MHz") or 0.0)
+    flags = set(fields.get("flags", "").split())
     interesting = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))
                          or f in ("fma", "avx2"))
     return {"model": model, "mhz": mhz, "logical_cpus": os.cpu_count(),

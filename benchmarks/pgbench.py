@@ -21,11 +21,17 @@ from benchmarks import runtime
 from benchmarks.common import MODEL_URI, WORK_DIR, CpuMeter, say
 from benchmarks.sql import DOCS
 
-SCRIPT = f"""\\set id random(1, :ndocs)
-SELECT azure_local_ai.create_embeddings(CAST(:model AS text), doc) FROM {DOCS} WHERE id = :id;
+
+def script(table: str) -> str:
+    """Each transaction embeds the doc of one random row of ``table`` (ids 1..ndocs)."""
+    # the model URI is a pgbench variable (a bound parameter under -M prepared): written in
+    # the script, its ":v1" would be taken for a pgbench variable
+    return f"""\\set id random(1, :ndocs)
+SELECT azure_local_ai.create_embeddings(CAST(:model AS text), doc) FROM {table} WHERE id = :id;
 """
-# the model URI is a pgbench variable (a bound parameter under -M prepared): written in
-# the script, its ":v1" would be taken for a pgbench variable
+
+
+SCRIPT = script(DOCS)
 
 
 def pgbench_binary() -> str:
@@ -94,6 +100,32 @@ def run_level(clients: int, seconds: int, ndocs: int,
         res["cpu"] = cpu
     shutil.rmtree(d, ignore_errors=True)
     return res
+
+
+def texts_per_s(table: str, clients: int, seconds: int, ndocs: int,
+                socket: str | None = None) -> float:
+    """texts/s of ``clients`` prepared pgbench sessions on ``table`` (no latency log).
+
+    ``socket``: every session's calls go to that runtime (azure_local_ai.runtime_socket).
+    """
+    d = WORK_DIR / f"pgbench-{table}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    (d / "embed.sql").write_text(script(table), encoding="utf-8")
+    cmd = [pgbench_binary(), "-n", "-M", "prepared", "-c", str(clients), "-j",
+           str(min(clients, 2)), "-T", str(seconds), "-D", f"ndocs={ndocs}",
+           "-D", f"model={MODEL_URI}", "-f", str(d / "embed.sql")]
+    env = dict(os.environ)
+    if socket:
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c azure_local_ai.runtime_socket={socket}"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=env)
+    shutil.rmtree(d, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {proc.stderr.strip()[-400:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    raise RuntimeError("pgbench printed no tps")
 
 
 def concurrency(levels: list[int], seconds: int, ndocs: int,

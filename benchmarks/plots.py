@@ -205,7 +205,7 @@ PEER_COLORS = ["#7f7f7f", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
 
 def lengths(r: dict[str, Any], path: Path) -> bool:
     """Token-length sweep: texts/s (log) and useful GFLOP/s against tokens, a line per path."""
-    from benchmarks.lengths import flops, series  # noqa: PLC0415
+    from benchmarks.sweep_texts import flops, series  # noqa: PLC0415
 
     res = r.get("lengths") or {}
     lines = series(res) if res.get("rows") or res.get("peers") else []

@@ -26,13 +26,18 @@ from benchmarks.runtime import private_runtime
 PREVIOUS = "3d9a25a"
 
 
-def _tree(ref: str) -> str:
-    """The previous version's source tree, unpacked once per commit."""
-    tree = WORK_DIR / "previous" / ref
+def source_tree(ref: str) -> str:
+    """The ``src`` folder of commit ``ref`` (``git archive``), unpacked once per commit.
+
+    Kept by the commit's hash, so a moving ref (``HEAD``) never finds a stale tree.
+    """
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    tree = WORK_DIR / "previous" / commit
     if not (tree / "src" / "pglocalai").is_dir():
         shutil.rmtree(tree, ignore_errors=True)
         tree.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"],
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "src"],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return str(tree / "src")
@@ -41,7 +46,7 @@ def _tree(ref: str) -> str:
 @contextlib.contextmanager
 def previous_runtime(ref: str = PREVIOUS) -> Iterator[tuple[str, int]]:
     """(socket, pid) of the previous version's runtime with the model preloaded."""
-    env = {"PYTHONPATH": _tree(ref)}
+    env = {"PYTHONPATH": source_tree(ref)}
     models = WORK_DIR / "previous" / f"models-{ref}"
     if not (models / MODEL_URI.replace(":", "@") / "metadata.json").exists():
         say(f"previous version {ref}: building its model store (its own converter)")

@@ -44,12 +44,12 @@ from benchmarks.common import (
     say,
     write_json,
 )
-from benchmarks.pgbench import pgbench_binary
+from benchmarks.pgbench import texts_per_s
+from benchmarks.previous import source_tree
+from benchmarks.sweep_texts import FN, SESSIONS
 
-FN = "azure_local_ai.create_embeddings"
 TABLE = "bench_sidebyside"
 PATHS = ("array", "row", "sessions", "single")
-SESSIONS = 8
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Runtime:
 
     def start(self, models_dir: str | None, socket_owner: str | None) -> None:
         self.base.chmod(0o755)  # the server's user reaches the socket through it
-        src = REPO / "src" if self.rev == "." else self._export()
+        src = REPO / "src" if self.rev == "." else Path(source_tree(self.rev))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PGLOCALAI_")}
         env["PYTHONPATH"] = str(src)
         cmd = [sys.executable, "-m", "pglocalai.cli.main", "serve", "--socket", self.socket,
@@ -99,14 +99,6 @@ class Runtime:
         log = (self.base / "runtime.log").read_text(errors="replace")[-800:] \
             if (self.base / "runtime.log").exists() else ""
         raise RuntimeError(f"runtime {self.name} ({self.rev}) did not serve: {log}")
-
-    def _export(self) -> Path:
-        tree = self.base / "tree"
-        tree.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", self.rev, "src"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-        return tree / "src"
 
     def batches(self) -> tuple[int, int]:
         """(batches, texts batched) so far, from runtime_stats()."""
@@ -146,7 +138,7 @@ def measure(rt: Runtime, args: argparse.Namespace, ndocs: int,
             out["row"] = args.rows / (time.perf_counter() - t0)
     if "sessions" in args.paths:
         before = rt.batches()
-        out["sessions"] = _pgbench(rt, ndocs, args.seconds)
+        out["sessions"] = texts_per_s(TABLE, SESSIONS, args.seconds, ndocs, rt.socket)
         after = rt.batches()
         if after[0] > before[0]:
             out["avg_batch"] = (after[1] - before[1]) / (after[0] - before[0])
@@ -163,21 +155,6 @@ def measure(rt: Runtime, args: argparse.Namespace, ndocs: int,
             out["single_p50_ms"] = statistics.median(lat) * 1000.0
     out["load"] = os.getloadavg()[0]
     return out
-
-
-def _pgbench(rt: Runtime, ndocs: int, seconds: int) -> float:
-    script = rt.base / "embed.sql"
-    script.write_text(f"\\set id random(1, :ndocs)\nSELECT {FN}(CAST(:model AS text), doc) "
-                      f"FROM {TABLE} WHERE id = :id;\n", encoding="utf-8")
-    cmd = [pgbench_binary(), "-n", "-M", "prepared", "-c", str(SESSIONS), "-j", "2",
-           "-T", str(seconds), "-D", f"ndocs={ndocs}", "-D", f"model={MODEL_URI}",
-           "-f", str(script)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
-                          env={**os.environ, "PGOPTIONS": rt.options})
-    for line in proc.stdout.splitlines():
-        if line.startswith("tps = "):
-            return float(line.split()[2])
-    raise RuntimeError(f"pgbench failed: {proc.stderr.strip()[-400:]}")
 
 
 def medians(rounds: list[dict[str, float]]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from pglocalai.service.catalog import StoreCatalog
 from pglocalai.service.openvino_engine import OpenVinoEngine
 
 pytestmark = pytest.mark.model
+VOCAB = 250002  # the tokenizer's pieces (the table has 35 rows more)
 SETTINGS = {"intra_op_parallelism": 2, "inter_op_parallelism": 1, "spin_control": True}
 
 
@@ -30,14 +31,6 @@ def engine(store: ModelStore) -> Iterator[OpenVinoEngine]:
     loaded = StoreCatalog(store.root).load(URI, "bf16", SETTINGS, workers=2)
     assert isinstance(loaded, OpenVinoEngine) and loaded.chosen_by == "--variant"
     yield loaded
-
-
-def random_texts(engine: OpenVinoEngine, lengths: list[int], seed: int) -> list[np.ndarray]:
-    """Token ids drawn at random: texts no tokenizer gives, which found a NaN once."""
-    rng = np.random.default_rng(seed)
-    vocab = 250002  # the tokenizer's pieces (the table has 35 rows more)
-    return [np.concatenate([[0], rng.integers(5, vocab, max(0, n - 2)), [2]])[:n]
-            .astype(np.int64) for n in lengths]
 
 
 def test_bf16_is_truer_than_int8(engine: OpenVinoEngine, texts: list[str],
@@ -52,7 +45,7 @@ def test_bf16_is_truer_than_int8(engine: OpenVinoEngine, texts: list[str],
 def test_a_text_alone_equals_it_in_any_batch_at_any_length(engine: OpenVinoEngine,
                                                           texts: list[str]) -> None:
     lengths = sorted({int(x) for x in np.geomspace(1, 512, 24)} | {16, 17, 255, 512})
-    batch = [*engine.tokenize(texts[:24]), *random_texts(engine, lengths, 3)]
+    batch = [*engine.tokenize(texts[:24]), *openvino_engine.random_texts(lengths, VOCAB, 3)]
     alone = np.concatenate([engine.run([ids]) for ids in batch])
     assert np.isfinite(alone).all()
     rng = np.random.default_rng(5)
@@ -67,7 +60,7 @@ def test_a_text_alone_equals_it_in_any_batch_at_any_length(engine: OpenVinoEngin
 
 def test_the_thread_count_does_not_change_vectors(engine: OpenVinoEngine,
                                                  texts: list[str]) -> None:
-    batch = [*engine.tokenize(texts[:16]), *random_texts(engine, [17, 64, 300], 9)]
+    batch = [*engine.tokenize(texts[:16]), *openvino_engine.random_texts([17, 64, 300], VOCAB, 9)]
     before = engine.run(batch)
     try:
         engine.configure({**SETTINGS, "intra_op_parallelism": 1}, workers=2)

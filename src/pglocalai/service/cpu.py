@@ -22,20 +22,25 @@ RELEVANT = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "av
             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 
 
-@functools.cache
-def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
-    """Model name, the relevant flags present, and what they mean for the engines."""
-    name, flags = platform.processor() or platform.machine(), set[str]()
+def cpuinfo_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo ("model name", "flags", ...); empty
+    where there is no procfs."""
+    fields: dict[str, str] = {}
     try:
         for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
             key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                name = value.strip()
-            elif key == "flags" and not flags:
-                flags = set(value.split())
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass  # not Linux or no procfs: the engines still run, the report says less
+    return fields
+
+
+@functools.cache
+def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """Model name, the relevant flags present, and what they mean for the engines."""
+    fields = cpuinfo_fields(cpuinfo)
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
     present = [f for f in RELEVANT if f in flags]
     return {"model": name, "flags": present,
             "int8_dot": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
