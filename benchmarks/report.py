@@ -193,7 +193,10 @@ def _parts_why(parts: dict[str, Any] | None) -> str:
     return (f" By part (medians of {parts['rows']:,} INSERTs each, synchronous_commit="
             f"{parts['synchronous_commit']}, on a {p['plain']['median_us']:.1f} µs INSERT): "
             + ", ".join(said) + " µs; the trigger and the queue INSERT alone give "
-            f"{p['plain']['median_us'] / p['queue']['median_us']:.2f}× the rate.")
+            f"{p['plain']['median_us'] / p['queue']['median_us']:.2f}× the rate"
+            + (f"; 1.2.0's append to the inbox instead gives "
+               f"{p['plain']['median_us'] / p['inbox']['median_us']:.2f}×" if "inbox" in p
+               else "") + ".")
 
 
 def vectorizer_targets(v: dict[str, Any] | None) -> list[dict[str, Any]]:

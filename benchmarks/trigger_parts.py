@@ -5,10 +5,11 @@ interleaved in one session, so that the differences between neighbours are the p
     . .run/env && .venv/bin/python -m benchmarks.trigger_parts [--rows 20000] [--commit off]
 
 Writes ``.run/bench/trigger_parts.json``; ``run(rows, commit)`` returns the same dict for
-``benchmarks.vectorizer``. Every variant but ``plain`` and ``vectorizer*`` hand-builds what
-azure_local_ai 1.1.0 generates (same statements, same queue table); ``vectorizer`` is the
-real thing from ``create_vectorizer``. Autovacuum is off for every table here: it would
-re-plan the queue probe mid-run (see ``probe_plans``), and it competes for the 2 cores.
+``benchmarks.vectorizer``. The variants from ``trigger`` to ``queue_trigger`` hand-build what
+azure_local_ai 1.1.x generated for an INSERT (same statements, same queue table), ``inbox``
+what 1.2.0 generates; ``vectorizer`` is the real thing from ``create_vectorizer``. Autovacuum
+is off for every table here: it would re-plan the queue probe mid-run (see ``probe_plans``),
+and it competes for the 2 cores.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _COUNTED = (f"with queued as ({_QUEUE} returning 1) insert into {COUNT} (vectori
             "select {vid}, pg_catalog.count(*) from queued having pg_catalog.count(*) "
             "operator(pg_catalog.>) 0;")
 _NOTIFY = " if found then perform pg_catalog.pg_notify('bench_trigger_parts', '{vid}'); end if;"
+_INBOX = ("insert into {q} (k1) select n.id from new_rows n "
+          "where (n.doc is not null or n.embedding is not null)")
 _CATCH = " exception when others then raise warning '%', sqlerrm; return null;"
 _ROW = ("if (new.doc is not null or new.embedding is not null) and not exists (select from {q} q "
         "where q.k1 operator(pg_catalog.=) new.id for key share skip locked) then "
@@ -49,8 +52,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "notify": ("statement", f"begin {_COUNTED}{_NOTIFY} return null; end"),
     "exception": ("statement", f"begin {_COUNTED}{_NOTIFY} return null;{_CATCH} end"),
     "queue_trigger": ("statement", f"begin {_COUNTED}{_NOTIFY} return null;{_CATCH} end"),
+    "inbox": ("statement", f"begin {_INBOX}; return null; end"),
     "vectorizer": ("real", ""),
-    "vectorizer_set": ("real", ""),
     "row_trigger": ("row", "begin return null; end"),
     "row_all": ("row", f"begin {_ROW} return null;{_CATCH} end"),
 }
@@ -60,9 +63,9 @@ WHAT = {
     "count": "+ the count delta row (same statement)",
     "notify": "+ pg_notify",
     "exception": "+ the exception block (a subtransaction)",
-    "queue_trigger": "+ the queue's own count trigger (its WHEN is false here)",
-    "vectorizer": "create_vectorizer's generated trigger (as installed: 1.1.1 has the SET below)",
-    "vectorizer_set": "the same, SET enable_seqscan = off set again (1.1.0 had none)",
+    "queue_trigger": "+ the queue's own count trigger (its WHEN is false here): 1.1.x",
+    "inbox": "instead, one append to an inbox without index (1.2.0)",
+    "vectorizer": "create_vectorizer's generated trigger, as installed",
     "row_trigger": "an empty AFTER INSERT row trigger",
     "row_all": "a row trigger doing queue + count + notify + exception block",
 }
@@ -85,18 +88,20 @@ def _setup(names: Sequence[str]) -> None:
             if level == "real":
                 n = conn.execute("SELECT azure_local_ai.create_vectorizer(%s, 'doc', 'embedding')",
                                  (name,)).fetchone()[0]
-                conn.execute(f"ALTER TABLE azure_local_ai.vectorizer_{n}_queue "
-                             "SET (autovacuum_enabled = off)")
-                if name == "vectorizer_set":
-                    conn.execute(f"ALTER FUNCTION azure_local_ai_internal.vectorizer_{n}_enqueue() "
-                                 "SET enable_seqscan = off")
+                for kind in ("queue", "inbox"):
+                    conn.execute(f"ALTER TABLE IF EXISTS azure_local_ai.vectorizer_{n}_{kind} "
+                                 "SET (autovacuum_enabled = off)")
                 continue
             if not level:
                 continue
-            conn.execute(f"CREATE TABLE {q} (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY "
-                         "KEY, k1 int NOT NULL, queued_at timestamptz NOT NULL DEFAULT "
-                         "pg_catalog.now()) WITH (autovacuum_enabled = off)")
-            conn.execute(f"CREATE INDEX ON {q} (k1)")
+            if name == "inbox":  # as 1.2.0 makes it: keys and a time, no index
+                conn.execute(f"CREATE TABLE {q} (k1 int NOT NULL, queued_at timestamptz NOT "
+                             "NULL DEFAULT pg_catalog.now()) WITH (autovacuum_enabled = off)")
+            else:
+                conn.execute(f"CREATE TABLE {q} (seq bigint GENERATED ALWAYS AS IDENTITY "
+                             "PRIMARY KEY, k1 int NOT NULL, queued_at timestamptz NOT NULL "
+                             "DEFAULT pg_catalog.now()) WITH (autovacuum_enabled = off)")
+                conn.execute(f"CREATE INDEX ON {q} (k1)")
             if name == "queue_trigger":
                 conn.execute(f"CREATE TRIGGER counted_insert AFTER INSERT ON {q} REFERENCING "
                              "NEW TABLE AS new_rows FOR EACH STATEMENT WHEN "

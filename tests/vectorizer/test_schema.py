@@ -178,11 +178,15 @@ def test_a_worker_role_without_privileges_is_told_which(vconn, vec_db, roles,
         return out.getvalue()
 
     out = run(expect=1)
-    assert f'permission denied for table vectorizer_{vid}_queue' in out
-    assert f"SELECT, INSERT, UPDATE, DELETE on azure_local_ai.\"vectorizer_{vid}_queue\"" in out
+    # the first table the worker touches is the inbox; the hint names all three
+    assert f'permission denied for table vectorizer_{vid}_inbox' in out
+    assert (f"SELECT, INSERT, UPDATE, DELETE on azure_local_ai.\"vectorizer_{vid}_queue\", "
+            f"azure_local_ai.\"vectorizer_{vid}_inbox\" and "
+            f"azure_local_ai.\"vectorizer_{vid}_failures\"") in out
     vconn.execute(sql.SQL("GRANT UPDATE (embedding) ON guarded TO {0}; "
-                          "GRANT SELECT, INSERT, UPDATE, DELETE ON {1}, {2} TO {0}").format(
+                          "GRANT SELECT, INSERT, UPDATE, DELETE ON {1}, {2}, {3} TO {0}").format(
         sql.Identifier(worker), sql.Identifier("azure_local_ai", f"vectorizer_{vid}_queue"),
+        sql.Identifier("azure_local_ai", f"vectorizer_{vid}_inbox"),
         sql.Identifier("azure_local_ai", f"vectorizer_{vid}_failures")))
     run(expect=0)
     assert status(vconn, vid)["pending"] == 0

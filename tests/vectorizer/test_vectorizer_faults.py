@@ -187,9 +187,10 @@ class StallingRuntime:
 
 def locked_entries(conn: psycopg.Connection[Any], vid: int) -> int:
     with conn.transaction():
-        total = queued(conn, vid)
-        free = conn.execute(f"SELECT count(*) FROM (SELECT FROM azure_local_ai.vectorizer_{vid}"
-                            "_queue FOR UPDATE SKIP LOCKED) x").fetchone()[0]
+        queue = f"azure_local_ai.vectorizer_{vid}_queue"
+        total = conn.execute(f"SELECT count(*) FROM {queue}").fetchone()[0]
+        free = conn.execute(f"SELECT count(*) FROM (SELECT FROM {queue} "
+                            "FOR UPDATE SKIP LOCKED) x").fetchone()[0]
     return total - int(free)
 
 

@@ -51,5 +51,8 @@ def status(conn: psycopg.Connection[Any], vid: int) -> dict[str, Any]:
 
 
 def queued(conn: psycopg.Connection[Any], vid: int) -> int:
-    return int(conn.execute(sql.SQL("SELECT count(*) FROM azure_local_ai.{}").format(
-        sql.Identifier(f"vectorizer_{vid}_queue"))).fetchone()[0])
+    """Entries waiting: in the queue, and in the inbox (INSERTs a worker has not queued yet)."""
+    return int(conn.execute(sql.SQL(
+        "SELECT (SELECT count(*) FROM azure_local_ai.{}) + (SELECT count(*) FROM azure_local_ai.{})"
+    ).format(sql.Identifier(f"vectorizer_{vid}_queue"),
+             sql.Identifier(f"vectorizer_{vid}_inbox"))).fetchone()[0])

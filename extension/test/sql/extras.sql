@@ -36,7 +36,7 @@ SELECT jsonb_typeof(s) AS stats, jsonb_typeof(s -> 'totals') AS totals,
   FROM azure_local_ai.runtime_stats() AS s;
 
 -- version: the extension's and the runtime's
-SELECT azure_local_ai.version() LIKE 'azure_local_ai 1.1.1, runtime 1.1.1 at /%' AS version;
+SELECT azure_local_ai.version() LIKE 'azure_local_ai 1.2.0, runtime 1.2.0 at /%' AS version;
 SET azure_local_ai.runtime_socket = '/nonexistent/pglocalai.sock';
-SELECT azure_local_ai.version() LIKE 'azure_local_ai 1.1.1, runtime not reachable at /nonexistent/pglocalai.sock%' AS version_without_runtime;
+SELECT azure_local_ai.version() LIKE 'azure_local_ai 1.2.0, runtime not reachable at /nonexistent/pglocalai.sock%' AS version_without_runtime;
 RESET azure_local_ai.runtime_socket;

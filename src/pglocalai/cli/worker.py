@@ -43,6 +43,9 @@ def add_worker_parser(subparsers: Any) -> None:
     p.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL", "5")),
                    help="seconds between looks at the queues when no notification came "
                         "(default 5) [PGLOCALAI_WORKER_POLL_INTERVAL]")
+    p.add_argument("--inbox-interval", type=float, default=float(_env("INBOX_INTERVAL", "0.2")),
+                   help="seconds between looks at the inboxes, where INSERTed rows arrive "
+                        "without a notification (default 0.2) [PGLOCALAI_WORKER_INBOX_INTERVAL]")
     p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "2")),
                    help="batches in flight, each with its own session (default 2: one is "
                         "written while the next is embedded) [PGLOCALAI_WORKER_CONCURRENCY]")
@@ -102,6 +105,7 @@ def _check(args: argparse.Namespace) -> None:
         if value < 1:
             raise InvalidArgument(f"{name} must be at least 1, not {value}")
     for name, seconds in (("--poll-interval", args.poll_interval),
+                          ("--inbox-interval", args.inbox_interval),
                           ("--scan-interval", args.scan_interval)):
         if seconds <= 0:
             raise InvalidArgument(f"{name} must be positive, not {seconds}")
@@ -124,7 +128,8 @@ def _run(args: argparse.Namespace, ready_fd: int | None) -> int:
 
         report = Report(tty=False)  # a file gets log lines, even when started from a terminal
     options = Options(dsn=args.dsn, socket=args.socket, batch_tokens=args.batch_tokens,
-                      poll_interval=args.poll_interval, lanes=args.concurrency, once=args.once,
+                      poll_interval=args.poll_interval, inbox_interval=args.inbox_interval,
+                      lanes=args.concurrency, once=args.once,
                       vectorizers=tuple(args.vectorizer))
     if args.all_databases:
         from pglocalai.vectorizer.databases import Databases  # noqa: PLC0415

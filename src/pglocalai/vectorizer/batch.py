@@ -1,5 +1,8 @@
 """One batch of one vectorizer, in one transaction: claim, read, embed, write, dequeue.
 
+Before it, the inbox (the keys of inserted rows, azure_local_ai 1.2.0) is moved into the
+queue in a short transaction of its own.
+
 The transaction holds the claimed queue entries (``FOR UPDATE SKIP LOCKED``) from the
 claim to the commit, so other workers pass them by, and a worker that dies (even by
 SIGKILL) gives them back with its connection. The write compares the md5 of each row's
@@ -29,7 +32,7 @@ from pglocalai.vectorizer.embedding import (
     embed_texts,
     is_texts_fault,
 )
-from pglocalai.vectorizer.plan import GENERATION_QUERY, Vectorizer
+from pglocalai.vectorizer.plan import FOLD_ROWS, GENERATION_QUERY, Vectorizer
 
 FETCH = 32  # claimed entries fetched (and so locked) per round trip
 
@@ -81,9 +84,25 @@ def estimate_tokens(size: int, prefix_bytes: int, limits: Limits, chunked: bool)
     return tokens if chunked else min(tokens, limits.max_tokens)
 
 
+def fold_inbox(conn: psycopg.Connection[Any], v: Vectorizer) -> int:
+    """Move the rows inserted since the last look from the inbox to the queue; how many.
+
+    Each statement is its own short transaction (``conn`` is in autocommit), so the inbox rows
+    are not held while a batch is in the model, and other workers skip them, never wait."""
+    if not v.has_inbox:
+        return 0
+    total = 0
+    while True:
+        moved, _queued = conn.execute(v.sql.fold).fetchone()
+        total += moved
+        if moved < FOLD_ROWS:
+            return total
+
+
 def run_batch(conn: psycopg.Connection[Any], client: Embedder, v: Vectorizer,
               limits: Limits) -> BatchResult | None:
     """Process one batch; None when nothing of this vectorizer is waiting (or all is held)."""
+    fold_inbox(conn, v)
     with conn.transaction():
         rows = _claim(conn, v, limits)
         if not rows:

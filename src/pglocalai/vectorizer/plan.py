@@ -28,7 +28,10 @@ select v.id, v.generation, v.source::text as source, v.input_column, v.target_co
        pg_catalog.format_type(a.atttypid, a.atttypmod) as target_type,
        a.atttypid = 'pg_catalog.float4[]'::pg_catalog.regtype as target_is_array,
        v.chunks_table::text as chunks_table, v.chunk_key_columns, v.model_uri, v.prefix,
-       v.chunk_tokens, v.overlap_tokens, v.key_columns, v.disabled_reason
+       v.chunk_tokens, v.overlap_tokens, v.key_columns, v.disabled_reason,
+       pg_catalog.to_regclass(pg_catalog.format('azure_local_ai.%I',
+                                                'vectorizer_' || v.id || '_inbox')) is not null
+           as has_inbox
 from azure_local_ai.vectorizer v
 left join pg_catalog.pg_attribute a
     on a.attrelid = coalesce(v.chunks_table, v.source)
@@ -40,6 +43,7 @@ GENERATION_QUERY = (
     "select generation, disabled_reason from azure_local_ai.vectorizer where id = %s")
 
 MAX_ATTEMPTS = 8  # then a row waits for retry_vectorizer_failures()
+FOLD_ROWS = 20_000  # inbox rows moved to the queue per statement (a short transaction)
 
 CATALOG_EXAMPLE: dict[str, Any] = {
     "id": 1, "generation": 1, "source": "public.docs", "input_column": "body",
@@ -47,7 +51,7 @@ CATALOG_EXAMPLE: dict[str, Any] = {
     "chunks_table": None, "chunk_key_columns": None, "model_uri": "multilingual-e5-small:v1",
     "prefix": "passage: ", "chunk_tokens": None, "overlap_tokens": 0,
     "key_columns": [{"name": "id", "type": "integer", "eq": "operator(pg_catalog.=)"}],
-    "disabled_reason": None,
+    "disabled_reason": None, "has_inbox": True,
 }
 
 
@@ -77,6 +81,7 @@ class Vectorizer:
     overlap_tokens: int
     keys: tuple[Key, ...]
     disabled_reason: str | None
+    has_inbox: bool = False  # azure_local_ai 1.2.0: INSERTs arrive in an inbox
     sql: Statements = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,11 +101,15 @@ class Vectorizer:
             model_uri=row["model_uri"], prefix=row["prefix"] or "",
             chunk_tokens=row["chunk_tokens"], overlap_tokens=int(row["overlap_tokens"] or 0),
             keys=tuple(Key(k["name"], k["type"], k["eq"]) for k in keys or ()),
-            disabled_reason=row["disabled_reason"])
+            disabled_reason=row["disabled_reason"], has_inbox=bool(row.get("has_inbox")))
 
     @property
     def queue(self) -> str:
         return f'azure_local_ai."vectorizer_{self.id}_queue"'
+
+    @property
+    def inbox(self) -> str:
+        return f'azure_local_ai."vectorizer_{self.id}_inbox"'
 
     @property
     def failures(self) -> str:
@@ -121,9 +130,10 @@ class Vectorizer:
         write = (f"SELECT, INSERT, DELETE on {self.destination} and UPDATE on a column of "
                  f"{self.source} (for its row locks)" if self.chunked
                  else f"UPDATE on {self.destination}")
+        tables = f"{self.queue}, {self.inbox} and {self.failures}" if self.has_inbox \
+            else f"{self.queue} and {self.failures}"
         return (f"the worker's role needs SELECT on {self.source}, {write}, and SELECT, INSERT, "
-                f"UPDATE, DELETE on {self.queue} and {self.failures}; the table's owner can "
-                "grant them")
+                f"UPDATE, DELETE on {tables}; the table's owner can grant them")
 
     def label(self) -> str:
         """How logs and the console name it: ``1 public.docs.body``."""
@@ -170,6 +180,22 @@ class Statements:
             f"from unnest({key_arrays}) with ordinality as v({kcols}, i) "
             f"left join {v.source} s on {join_v} order by v.i")
         self.failures_exist = f"select exists (select from {v.failures})"
+        # The inbox (INSERTs, 1.2.0) into the queue, in the worker's own short transaction:
+        # rows another worker is moving are skipped, not waited for; a key is queued unless an
+        # unclaimed entry for it exists (as the UPDATE trigger does), and the queue's count
+        # trigger counts what is queued.
+        probe_m = " and ".join(f"q.{q} {k.eq} m.{q}" for _, k, q in cols)
+        self.inbox_waiting = f"select exists (select from {v.inbox})"
+        self.fold = (
+            f"with moved as (delete from {v.inbox} i using (select ctid from {v.inbox} "
+            f"limit {FOLD_ROWS} for update skip locked) x where i.ctid = x.ctid "
+            f"returning {', '.join(f'i.{k}' for k in ks)}, i.queued_at) "
+            f", queued as (insert into {v.queue} ({kcols}, queued_at) "
+            f"select {', '.join(f'm.{k}' for k in ks)}, m.queued_at from moved m "
+            f"where not exists (select from {v.queue} q where {probe_m} "
+            f"for key share skip locked) returning 1) "
+            f"select (select pg_catalog.count(*) from moved), "
+            f"(select pg_catalog.count(*) from queued)")
         self.delete_queued = f"delete from {v.queue} where seq = any(%s::bigint[])"
         self.forget_failures = (
             f"delete from {v.failures} f using unnest({key_arrays}) as v({kcols}) "

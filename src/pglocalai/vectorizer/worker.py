@@ -5,7 +5,9 @@ Threads, each with its own database session:
 * ``lanes`` lanes (``--concurrency``), each with its own runtime connection: while one
   lane writes a batch, another one's texts are in the model, so the runtime stays busy.
 * a listener: ``LISTEN azure_local_ai_vectorizer`` wakes idle lanes at once; lanes also
-  look every ``poll_interval`` seconds, so a lost notification costs at most that.
+  look every ``poll_interval`` seconds, so a lost notification costs at most that. An INSERT
+  sends no notification (azure_local_ai 1.2.0: it only appends to the vectorizer's inbox), so
+  the listener looks into the inboxes every ``inbox_interval`` seconds.
 * the main thread: heartbeat and errors into azure_local_ai.vectorizer_worker, due
   retries back into the queues, the catalog reloaded, progress shown.
 
@@ -36,7 +38,7 @@ from psycopg.rows import dict_row
 
 from pglocalai import errors
 from pglocalai.client import DEFAULT_SOCKET, Client
-from pglocalai.vectorizer.batch import Limits, Stale, run_batch
+from pglocalai.vectorizer.batch import Limits, Stale, fold_inbox, run_batch
 from pglocalai.vectorizer.embedding import MODEL, describe
 from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
 from pglocalai.vectorizer.presence import Backoff, Presence
@@ -54,6 +56,7 @@ class Options:
     socket: str = DEFAULT_SOCKET
     batch_tokens: int = 8192
     poll_interval: float = 5.0
+    inbox_interval: float = 0.2  # how often the inboxes (INSERTed rows) are looked at
     lanes: int = 2
     once: bool = False  # stop when nothing is left to do (tests, one-off backfills)
     vectorizers: tuple[int, ...] = ()  # empty: every vectorizer the role can read
@@ -178,7 +181,8 @@ class Worker:
             same = old is not None and old.generation == row["generation"] \
                 and old.source == row["source"] and old.input_column == row["input_column"] \
                 and old.disabled_reason == row["disabled_reason"] \
-                and old.target_type == row["target_type"]
+                and old.target_type == row["target_type"] \
+                and old.has_inbox == bool(row["has_inbox"])
             catalog[row["id"]] = old if same and old is not None else Vectorizer.from_row(row)
         with self._lock:
             added = set(catalog) - set(self._catalog)
@@ -199,6 +203,8 @@ class Worker:
             self._reload.clear()
             self._load(conn)
             for v in self._active():
+                # keeps the inbox short while lanes wait (a runtime that is down)
+                fold_inbox(conn, v)
                 if conn.execute(v.sql.failures_exist).fetchone()[0]:
                     n = conn.execute(v.sql.requeue_due).rowcount
                     if n:
@@ -380,13 +386,31 @@ class Worker:
                 while not self.stop.is_set():
                     for note in self._notifications(conn):
                         self._wake_all(note.payload)
+                    if self._inboxes_waiting(conn):
+                        self._wake_all()
             except psycopg.OperationalError:
                 self.stop.wait(backoff.next())
             finally:
                 conn.close()
 
     def _notifications(self, conn: psycopg.Connection[Any]) -> Iterator[Any]:
-        yield from conn.notifies(timeout=min(self.options.poll_interval, 1.0), stop_after=1)
+        yield from conn.notifies(timeout=min(self.options.poll_interval, 1.0,
+                                             self.options.inbox_interval), stop_after=1)
+
+    def _inboxes_waiting(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether an active vectorizer's inbox has rows. One that cannot be read counts as
+        waiting: a lane then meets the error, reports it with its hint and pauses it."""
+        for v in self._active():
+            if not v.has_inbox:
+                continue
+            try:
+                if conn.execute(v.sql.inbox_waiting).fetchone()[0]:
+                    return True
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error:
+                return True
+        return False
 
     def _wake_all(self, payload: str = "") -> None:
         vid, wanted = int(payload) if payload.isdigit() else 0, self.options.vectorizers
