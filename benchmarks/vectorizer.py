@@ -143,8 +143,9 @@ def trigger_overhead(dsn: str, inserts: int = 5000, block: int = 100) -> dict[st
     rows each. On a shared machine a spike of other work or a slow WAL flush lands in one
     block: the rate ratio is the median over adjacent block pairs of their rates, the
     overhead the median of their differences (the ratio of the plain means is kept as
-    ``rate_ratio_means``). Autovacuum is off for both tables and the queue: mid-run it
-    would compete for the cores and re-plan the queue probe (``probe_plan``)."""
+    ``rate_ratio_means``). Autovacuum is off for both tables, the queue and the inbox: mid-run
+    it would compete for the cores (and, before 1.2.0, re-plan the INSERT's queue probe,
+    ``probe_plan``; since 1.2.0 an INSERT does not touch the queue: "-")."""
     out: dict[str, Any] = {"inserts": inserts, "block": block}
     with psycopg.connect(dsn, autocommit=True) as conn:
         for commit in ("on", "off"):
@@ -156,8 +157,10 @@ def trigger_overhead(dsn: str, inserts: int = 5000, block: int = 100) -> dict[st
                     sql.Identifier(name)))
             vid = conn.execute("SELECT azure_local_ai.create_vectorizer('vb_vec', 'doc', "
                                "'embedding')").fetchone()[0]
-            conn.execute(sql.SQL("ALTER TABLE azure_local_ai.{} SET (autovacuum_enabled = off)"
-                                 ).format(sql.Identifier(f"vectorizer_{vid}_queue")))
+            for kind in ("queue", "inbox"):
+                conn.execute(sql.SQL("ALTER TABLE IF EXISTS azure_local_ai.{} SET "
+                                     "(autovacuum_enabled = off)").format(
+                    sql.Identifier(f"vectorizer_{vid}_{kind}")))
             stmt = {t: sql.SQL("INSERT INTO {} (id, doc) VALUES (%s, %s)").format(
                 sql.Identifier(t)) for t in times}
             for t in times:  # warm up plans and caches

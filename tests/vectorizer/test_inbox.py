@@ -62,6 +62,8 @@ def test_an_insert_only_appends_its_key_to_the_inbox(vconn) -> None:
     assert inserts_by(vconn, vid, "INSERT INTO appended (id, body) VALUES (1, 'one')",
                       "INSERT INTO appended (id, body) SELECT g, 'many' "
                       "FROM generate_series(2, 9) g") == {f"vectorizer_{vid}_inbox": 9}
+    s = status(vconn, vid)  # inboxed rows are pending, and have an age
+    assert s["pending"] == 9 and s["oldest_pending_age"] is not None
     # an UPDATE of the input still queues (and counts) itself
     assert inserts_by(vconn, vid, "UPDATE appended SET body = 'changed' WHERE id = 1") == {
         f"vectorizer_{vid}_queue": 1, "vectorizer_queue_count": 1}

@@ -203,8 +203,10 @@ class Worker:
             self._reload.clear()
             self._load(conn)
             for v in self._active():
-                # keeps the inbox short while lanes wait (a runtime that is down)
-                fold_inbox(conn, v)
+                # keeps the inbox short while lanes wait (a runtime that is down); a missing
+                # privilege is a lane's to report, with its hint
+                with suppress(psycopg.errors.InsufficientPrivilege):
+                    fold_inbox(conn, v)
                 if conn.execute(v.sql.failures_exist).fetchone()[0]:
                     n = conn.execute(v.sql.requeue_due).rowcount
                     if n:
