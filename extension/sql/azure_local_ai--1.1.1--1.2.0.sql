@@ -279,6 +279,37 @@ set search_path to pg_catalog, pg_temp;
 comment on function azure_local_ai_internal.vectorizer_source_triggers(azure_local_ai.vectorizer, boolean) is
 'internal: creates (present) or drops the statement triggers that feed a vectorizer''s inbox and queue';
 
+-- create_vectorizer and alter_vectorizer queue every row through the inbox too: while
+-- create_vectorizer's transaction holds the trigger lock, writes to the table wait, and an
+-- append of 1,000,000 keys takes 0.4 s where queueing them took 2.4 s (probe, sequence, index)
+alter function azure_local_ai_internal.vectorizer_enqueue_all(azure_local_ai.vectorizer)
+    rename to vectorizer_enqueue_all_1_1_0;
+
+create function azure_local_ai_internal.vectorizer_enqueue_all(v azure_local_ai.vectorizer)
+returns bigint
+as $func$
+declare
+    i text := azure_local_ai_internal.vectorizer_relation(v.id, 'inbox');
+    n bigint;
+begin
+    if pg_catalog.to_regclass(i) is null then  -- a vectorizer from a 1.1.x dump
+        return azure_local_ai_internal.vectorizer_enqueue_all_1_1_0(v);
+    end if;
+    execute pg_catalog.format('insert into %s (%s) select %s from %s n where %s', i,
+        azure_local_ai_internal.vectorizer_keys(v, '%1$s'),
+        azure_local_ai_internal.vectorizer_keys(v, 'n.%2$I'), v.source,
+        azure_local_ai_internal.vectorizer_enqueue_filter(v, 'n'));
+    get diagnostics n = row_count;
+    perform pg_catalog.pg_notify('azure_local_ai_vectorizer', v.id::text);
+    return n;
+end
+$func$
+language plpgsql volatile security invoker
+set search_path to pg_catalog, pg_temp;
+
+comment on function azure_local_ai_internal.vectorizer_enqueue_all(azure_local_ai.vectorizer) is
+'internal: sends every row of the source to the inbox (backfill, and after alter_vectorizer)';
+
 -------------------------------------------------------------------------------------------------
 -- status: inbox rows are pending too
 
@@ -381,6 +412,8 @@ revoke all on function
     azure_local_ai_internal.vectorizer_build_inbox(azure_local_ai.vectorizer),
     azure_local_ai_internal.vectorizer_teardown(azure_local_ai.vectorizer),
     azure_local_ai_internal.vectorizer_teardown_1_1_0(azure_local_ai.vectorizer),
+    azure_local_ai_internal.vectorizer_enqueue_all(azure_local_ai.vectorizer),
+    azure_local_ai_internal.vectorizer_enqueue_all_1_1_0(azure_local_ai.vectorizer),
     azure_local_ai_internal.vectorizer_build_enqueue(azure_local_ai.vectorizer),
     azure_local_ai_internal.vectorizer_grant(azure_local_ai.vectorizer),
     azure_local_ai_internal.vectorizer_relation(integer, text),

@@ -10,7 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from vectorizer_support import E5, TEXTS, make_docs, max_difference, queued, status
+from vectorizer_support import E5, TEXTS, load, make_docs, max_difference, queued, status
+
+from pglocalai.vectorizer.batch import fold_inbox
 
 pytestmark = [pytest.mark.pg, pytest.mark.model]
 
@@ -151,6 +153,7 @@ def test_drop_vectorizer_keeps_the_vectors_unless_asked(vconn, run_worker) -> No
 def test_pending_stays_exact_when_old_deltas_are_folded(vconn, run_worker) -> None:
     make_docs(vconn, "folded", 30)
     vid = vectorize(vconn, "folded")
+    assert fold_inbox(vconn, load(vconn, vid)) == 30  # the backfill, as a worker queues it
     vconn.execute(f"DELETE FROM azure_local_ai.vectorizer_{vid}_queue WHERE seq <= 10")
     for i in range(31, 36):
         vconn.execute("INSERT INTO folded (id, body) VALUES (%s, 'one more')", (i,))

@@ -15,10 +15,9 @@ import psycopg
 import pytest
 from psycopg import sql
 from support import connect, wait_until
-from vectorizer_support import conninfo, make_docs, max_difference, queued, status
+from vectorizer_support import conninfo, load, make_docs, max_difference, queued, status
 
 from pglocalai.vectorizer.batch import fold_inbox
-from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
 from pglocalai.vectorizer.report import Report
 from pglocalai.vectorizer.worker import CHANNEL, Options, Worker
 
@@ -36,12 +35,6 @@ def vectorize(conn: psycopg.Connection[Any], table: str) -> int:
 def relations(vid: int) -> list[str]:
     return [f"azure_local_ai.vectorizer_{vid}_{kind}" for kind in ("inbox", "queue")] + [
         "azure_local_ai_internal.vectorizer_queue_count"]
-
-
-def load(conn: psycopg.Connection[Any], vid: int) -> Vectorizer:
-    with conn.transaction(), conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        cur.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
-        return next(Vectorizer.from_row(r) for r in cur.execute(CATALOG_QUERY) if r["id"] == vid)
 
 
 def inserts_by(conn: psycopg.Connection[Any], vid: int, *statements: str) -> dict[str, int]:

@@ -14,14 +14,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 from support import connect, pglocalai_command, subprocess_env, wait_until
-from vectorizer_support import E5, conninfo, make_docs, max_difference, queued, status
+from vectorizer_support import E5, conninfo, load, make_docs, max_difference, queued, status
 
 from pglocalai import errors
 from pglocalai.client import Client
 from pglocalai.vectorizer.batch import Limits, run_batch
-from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
 
 pytestmark = [pytest.mark.pg, pytest.mark.model]
 
@@ -35,11 +33,6 @@ def worker_session(params: dict[str, str]) -> psycopg.Connection[Any]:
     conn = psycopg.connect(conninfo(params), autocommit=True)
     conn.execute("SET search_path TO pg_catalog, pg_temp")
     return conn
-
-
-def load(conn: psycopg.Connection[Any], vid: int) -> Vectorizer:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return next(Vectorizer.from_row(r) for r in cur.execute(CATALOG_QUERY) if r["id"] == vid)
 
 
 class Wrapped:

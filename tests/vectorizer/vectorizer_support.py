@@ -7,7 +7,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from support import ROOT
+
+from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
 
 E5 = "multilingual-e5-small:v1"
 TEXTS = [t["text"] for t in json.loads(
@@ -56,3 +59,10 @@ def queued(conn: psycopg.Connection[Any], vid: int) -> int:
         "SELECT (SELECT count(*) FROM azure_local_ai.{}) + (SELECT count(*) FROM azure_local_ai.{})"
     ).format(sql.Identifier(f"vectorizer_{vid}_queue"),
              sql.Identifier(f"vectorizer_{vid}_inbox"))).fetchone()[0])
+
+
+def load(conn: psycopg.Connection[Any], vid: int) -> Vectorizer:
+    """Vectorizer ``vid`` as a worker loads it (names qualified whatever the search_path)."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
+        return next(Vectorizer.from_row(r) for r in cur.execute(CATALOG_QUERY) if r["id"] == vid)

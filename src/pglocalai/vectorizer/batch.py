@@ -84,25 +84,27 @@ def estimate_tokens(size: int, prefix_bytes: int, limits: Limits, chunked: bool)
     return tokens if chunked else min(tokens, limits.max_tokens)
 
 
-def fold_inbox(conn: psycopg.Connection[Any], v: Vectorizer) -> int:
+def fold_inbox(conn: psycopg.Connection[Any], v: Vectorizer, statements: int = 0) -> int:
     """Move the rows inserted since the last look from the inbox to the queue; how many.
 
-    Each statement is its own short transaction (``conn`` is in autocommit), so the inbox rows
-    are not held while a batch is in the model, and other workers skip them, never wait."""
+    Each statement moves up to FOLD_ROWS rows in its own short transaction (``conn`` is in
+    autocommit), so inbox rows are not held while a batch is in the model, and other workers
+    skip them, never wait. ``statements``: at most that many (0: until the inbox is empty);
+    a lane moves one before each batch, so that a backfill's first batch starts at once."""
     if not v.has_inbox:
         return 0
-    total = 0
+    total, done = 0, 0
     while True:
         moved, _queued = conn.execute(v.sql.fold).fetchone()
-        total += moved
-        if moved < FOLD_ROWS:
+        total, done = total + moved, done + 1
+        if moved < FOLD_ROWS or done == statements:
             return total
 
 
 def run_batch(conn: psycopg.Connection[Any], client: Embedder, v: Vectorizer,
               limits: Limits) -> BatchResult | None:
     """Process one batch; None when nothing of this vectorizer is waiting (or all is held)."""
-    fold_inbox(conn, v)
+    fold_inbox(conn, v, statements=1)
     with conn.transaction():
         rows = _claim(conn, v, limits)
         if not rows:
