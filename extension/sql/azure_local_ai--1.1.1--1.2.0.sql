@@ -51,13 +51,13 @@ declare
     i text := azure_local_ai_internal.vectorizer_relation(v.id, 'inbox');
     defs text;
 begin
+    if pg_catalog.to_regclass(i) is not null then
+        return;  -- (not IF NOT EXISTS: in the update script it would have to be the extension's)
+    end if;
     -- the queue's key columns (k1..kn: the source's types and collations), and when
     select pg_catalog.string_agg(pg_catalog.format('k%s %s%s not null', e.pos, e.k ->> 'type',
                coalesce(' collate ' || (e.k ->> 'collation'), '')), ', ' order by e.pos)
     into defs from pg_catalog.jsonb_array_elements(v.key_columns) with ordinality as e(k, pos);
-    if pg_catalog.to_regclass(i) is not null then
-        return;  -- (not IF NOT EXISTS: in the update script it would have to be the extension's)
-    end if;
     execute pg_catalog.format('create table %s (%s, queued_at timestamptz not null '
         'default pg_catalog.now())', i, defs);
     execute pg_catalog.format('comment on table %s is %L', i, pg_catalog.format(
@@ -237,7 +237,8 @@ language plpgsql volatile security invoker
 set search_path to pg_catalog, pg_temp;
 
 comment on function azure_local_ai_internal.vectorizer_build_enqueue(azure_local_ai.vectorizer) is
-'internal: (re)generates the trigger function that queues changed rows of a vectorizer''s source';
+'internal: (re)generates the trigger functions that send changed rows of a vectorizer''s source to '
+'its inbox and queue (and its inbox, if it has none)';
 
 create or replace function azure_local_ai_internal.vectorizer_source_triggers
 ( v azure_local_ai.vectorizer

@@ -114,16 +114,20 @@ def test_a_refused_text_does_not_fail_its_batch(vconn, vec_db, deployed_socket,
 
 
 @pytest.fixture()
-def start_worker(vec_db: dict[str, str]) -> Iterator[Any]:
+def start_worker(vec_db: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start ``pglocalai worker``; its output goes to a file (``output(proc)`` reads it): a
+    pipe nobody reads would stop a talkative worker once full."""
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
         env = subprocess_env(PGHOST=vec_db["host"], PGPORT=vec_db["port"],
                              PGUSER=vec_db["user"], PGDATABASE=vec_db["dbname"])
-        proc = subprocess.Popen(pglocalai_command("worker", "--poll-interval", "0.2",
-                                                  "--log-format", "text", *args),
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        log = tmp_path / f"worker-{len(started)}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(pglocalai_command("worker", "--poll-interval", "0.2",
+                                                      "--log-format", "text", *args),
+                                    env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _LOGS[proc.pid] = log
         started.append(proc)
         return proc
 
@@ -132,6 +136,23 @@ def start_worker(vec_db: dict[str, str]) -> Iterator[Any]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def output(proc: subprocess.Popen[str]) -> str:
+    """What a worker from ``start_worker`` printed so far."""
+    return _LOGS[proc.pid].read_text(encoding="utf-8", errors="replace")
+
+
+def wait_for_worker(proc: subprocess.Popen[str], predicate: Any, what: str,
+                    timeout: float = 30.0) -> None:
+    """wait_until, with the worker's output in the message when it fails."""
+    try:
+        wait_until(predicate, timeout=timeout, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the worker printed:\n{output(proc)}") from None
 
 
 def test_runtime_down_writes_go_on_and_the_worker_catches_up(vconn, start_worker,
@@ -143,14 +164,15 @@ def test_runtime_down_writes_go_on_and_the_worker_catches_up(vconn, start_worker
     proc = start_worker("--socket", str(link))
     for i in range(6, 26):  # writes go on meanwhile, each in its own transaction
         vconn.execute("INSERT INTO down (id, body) VALUES (%s, 'written while down')", (i,))
-    wait_until(lambda: "could not connect" in (status(vconn, vid)["last_error"] or ""),
-               what="the worker reports the runtime down in vectorizer_status")
+    wait_for_worker(proc, lambda: "could not connect" in (status(vconn, vid)["last_error"] or ""),
+                    what="the worker reports the runtime down in vectorizer_status")
     assert status(vconn, vid)["pending"] == 25
     link.symlink_to(deployed_socket)  # the runtime is back
-    wait_until(lambda: status(vconn, vid)["pending"] == 0, timeout=60,
-               what="the worker catches up")
+    wait_for_worker(proc, lambda: status(vconn, vid)["pending"] == 0, timeout=60,
+                    what="the worker catches up")
     assert vconn.execute("SELECT count(embedding) FROM down").fetchone()[0] == 25
-    wait_until(lambda: status(vconn, vid)["last_error"] is None, what="the error is cleared")
+    wait_for_worker(proc, lambda: status(vconn, vid)["last_error"] is None,
+                    what="the error is cleared")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
@@ -199,8 +221,8 @@ def test_a_killed_worker_gives_its_batch_back(vconn, start_worker, run_worker,
     stall = StallingRuntime(tmp_path / "stall.sock")
     try:
         proc = start_worker("--socket", str(tmp_path / "stall.sock"), "--concurrency", "1")
-        wait_until(lambda: locked_entries(vconn, vid) > 0, timeout=120,
-                   what="the worker holds a batch")
+        wait_for_worker(proc, lambda: locked_entries(vconn, vid) > 0, timeout=120,
+                        what="the worker holds a batch")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         wait_until(lambda: locked_entries(vconn, vid) == 0, what="its claims are released")
@@ -217,12 +239,12 @@ def test_sigterm_stops_the_worker_cleanly(vconn, start_worker) -> None:
     make_docs(vconn, "stopped", 3)
     vid = vectorize(vconn, "stopped")
     proc = start_worker()
-    wait_until(lambda: status(vconn, vid)["workers"] == 1 and status(vconn, vid)["pending"] == 0,
-               what="the worker registered and caught up")
+    wait_for_worker(proc, lambda: status(vconn, vid)["workers"] == 1
+                    and status(vconn, vid)["pending"] == 0,
+                    what="the worker registered and caught up")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    out = proc.stdout.read() if proc.stdout else ""
-    assert "worker_stopped" in out
+    assert "worker_stopped" in output(proc)
     assert status(vconn, vid)["workers"] == 0
 
 
@@ -230,14 +252,14 @@ def test_the_worker_reconnects_when_its_sessions_are_cut(vconn, start_worker) ->
     make_docs(vconn, "cut", 3)
     vid = vectorize(vconn, "cut")
     proc = start_worker()
-    wait_until(lambda: status(vconn, vid)["pending"] == 0, what="the backfill")
+    wait_for_worker(proc, lambda: status(vconn, vid)["pending"] == 0, what="the backfill")
     cut = vconn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                         "WHERE application_name = 'pglocalai worker' "
                         "AND datname = current_database()").fetchone()[0]
     assert cut >= 3  # lanes, listener, control
     vconn.execute("INSERT INTO cut (id, body) VALUES (4, %s)", (E5,))
-    wait_until(lambda: status(vconn, vid)["pending"] == 0, timeout=60,
-               what="the worker is back and took the new row")
+    wait_for_worker(proc, lambda: status(vconn, vid)["pending"] == 0, timeout=60,
+                    what="the worker is back and took the new row")
     assert vconn.execute("SELECT embedding IS NOT NULL FROM cut WHERE id = 4").fetchone()[0]
     assert proc.poll() is None
     os.kill(proc.pid, signal.SIGTERM)
