@@ -1,9 +1,10 @@
 """The demo's second part: a vectorizer keeps a table's embeddings current while rows arrive.
 
 The documents are inserted in waves, as an application would write them; each INSERT only
-queues the new keys, and the vectorizer worker that `make up` started embeds them in the
-background. The backlog is read from azure_local_ai.vectorizer_status as it drains. A second
-vectorizer keeps a chunks table of the same rows, searched and joined back to its documents.
+appends the new keys to the vectorizer's inbox, and the vectorizer worker that `make up`
+started embeds them in the background. The backlog is read from
+azure_local_ai.vectorizer_status as it drains. A second vectorizer keeps a chunks table of the
+same rows, searched and joined back to its documents.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def feed(conn: psycopg.Connection[Any], docs: list[tuple[int, str, str]],
                     "INSERT INTO demo_feed (id, lang, text) VALUES (%s, %s, %s)", wave)
             took = (time.perf_counter() - t) * 1000
             say(f"{now:5.2f} s  wave {WAVES - len(waves)}/{WAVES}: inserted {len(wave)} rows "
-                f"in {took:.1f} ms (the INSERT only queues their keys)")
+                f"in {took:.1f} ms (the INSERT only appends their keys to an inbox)")
             next_wave = now + WAVE_GAP_S
         (column, chunks), failed, workers, embedded = conn.execute(STATUS).fetchone()
         workers_seen |= workers > 0
