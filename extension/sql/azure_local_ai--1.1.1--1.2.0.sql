@@ -342,6 +342,18 @@ begin
             into inboxed, first_inboxed;
         pending := pending + inboxed;
         oldest_pending := least(oldest_pending, first_inboxed);
+        -- rows wait in the inbox while only workers older than 1.2.0 (which do not read it)
+        -- serve this vectorizer: say so, or nobody knows why pending grows
+        if inboxed > 0 and workers > 0 and not exists (
+            select from azure_local_ai.vectorizer_worker w
+            where azure_local_ai_internal.vectorizer_worker_alive(w)
+              and (w.vectorizers is null or vid = any(w.vectorizers))
+              and pg_catalog.regexp_match(w.version, '^(\d+)\.(\d+)\.(\d+)')::integer[]
+                  >= '{1,2,0}'::integer[]) then
+            last_error := pg_catalog.format('%s inserted rows wait in the inbox, which the '
+                'running workers (older than pglocalai 1.2.0) do not read: update them', inboxed);
+            last_error_at := first_inboxed;
+        end if;
     end if;
 end
 $func$

@@ -159,3 +159,19 @@ def test_the_update_to_1_2_0_gives_existing_vectorizers_an_inbox(make_db,
         conn.execute("SELECT set_config('azure_local_ai.runtime_socket', %s, false)",
                      (deployed_socket,))
         assert max_difference(conn, "before") <= 1e-5
+
+
+def test_status_says_when_only_older_workers_serve_an_inbox(vconn, vec_db) -> None:
+    make_docs(vconn, "waiting", 0)
+    vid = vectorize(vconn, "waiting")
+    register = ("INSERT INTO azure_local_ai.vectorizer_worker (host, pid, version) "
+                "VALUES ('elsewhere', 1, %s)")
+    with connect(vec_db) as old, connect(vec_db) as new:  # alive while their sessions are
+        old.execute(register, ("1.1.1",))
+        vconn.execute("INSERT INTO waiting (id, body) VALUES (1, 'nobody reads the inbox')")
+        s = status(vconn, vid)
+        assert s["workers"] == 1
+        assert s["last_error"] == ("1 inserted rows wait in the inbox, which the running "
+                                   "workers (older than pglocalai 1.2.0) do not read: update them")
+        new.execute(register, ("1.2.0",))
+        assert status(vconn, vid)["last_error"] is None
