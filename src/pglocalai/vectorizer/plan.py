@@ -185,7 +185,7 @@ class Statements:
         # unclaimed entry for it exists (as the UPDATE trigger does), and the queue's count
         # trigger counts what is queued.
         probe_m = " and ".join(f"q.{q} {k.eq} m.{q}" for _, k, q in cols)
-        self.inbox_waiting = f"select exists (select from {v.inbox})"
+        self.inbox_any = f"(select from {v.inbox} limit 1)"  # a row, if there is one
         self.fold = (
             f"with moved as (delete from {v.inbox} i using (select ctid from {v.inbox} "
             f"limit {FOLD_ROWS} for update skip locked) x where i.ctid = x.ctid "

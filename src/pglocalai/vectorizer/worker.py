@@ -400,19 +400,19 @@ class Worker:
                                              self.options.inbox_interval), stop_after=1)
 
     def _inboxes_waiting(self, conn: psycopg.Connection[Any]) -> bool:
-        """Whether an active vectorizer's inbox has rows. One that cannot be read counts as
-        waiting: a lane then meets the error, reports it with its hint and pauses it."""
-        for v in self._active():
-            if not v.has_inbox:
-                continue
-            try:
-                if conn.execute(v.sql.inbox_waiting).fetchone()[0]:
-                    return True
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error:
-                return True
-        return False
+        """Whether an active vectorizer's inbox has rows: one statement for all of them. An
+        inbox that cannot be read counts as waiting: a lane then meets the error, reports it
+        with its hint and pauses that vectorizer, which leaves this statement."""
+        inboxes = [v.sql.inbox_any for v in self._active() if v.has_inbox]
+        if not inboxes:
+            return False
+        try:
+            return bool(conn.execute(f"select exists ({' union all '.join(inboxes)})"
+                                     ).fetchone()[0])
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error:
+            return True
 
     def _wake_all(self, payload: str = "") -> None:
         vid, wanted = int(payload) if payload.isdigit() else 0, self.options.vectorizers
