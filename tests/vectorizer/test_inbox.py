@@ -180,3 +180,21 @@ def test_status_says_when_only_older_workers_serve_an_inbox(vconn, vec_db) -> No
                                    "workers (older than pglocalai 1.2.0) do not read: update them")
         new.execute(register, ("1.2.0",))
         assert status(vconn, vid)["last_error"] is None
+
+
+def test_a_vectorizer_without_an_inbox_gets_one_when_regenerated(vconn) -> None:
+    """As one restored from a 1.1.x dump: no inbox. Until an ALTER TABLE regenerates its
+    functions, alter_vectorizer queues directly (1.1.x's way); then it has an inbox."""
+    make_docs(vconn, "restored", 2)
+    vid = vectorize(vconn, "restored")
+    inbox = f"vectorizer_{vid}_inbox"
+    vconn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+        sql.Identifier("azure_local_ai", inbox), sql.Identifier(f"{inbox}_away")))
+    vconn.execute("SELECT azure_local_ai.alter_vectorizer(%s, prefix => 'query: ')", (vid,))
+    assert vconn.execute(f"SELECT count(*) FROM azure_local_ai.vectorizer_{vid}_queue"
+                         ).fetchone()[0] == 2
+    vconn.execute("ALTER TABLE restored RENAME COLUMN title TO heading")  # regenerates
+    vconn.execute("INSERT INTO restored (id, body) VALUES (3, 'after the regeneration')")
+    assert vconn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier("azure_local_ai", inbox))).fetchone()[0] == 1
+    assert status(vconn, vid)["disabled_reason"] is None
