@@ -132,6 +132,10 @@ declare
     append_fn text := azure_local_ai_internal.vectorizer_relation(v.id, 'append');
     cols text := azure_local_ai_internal.vectorizer_keys(v, '%1$s');
     probe text := 'select from %s q where %s for key share skip locked';
+    -- the INSERT's one statement, in the append function and the enqueue function alike
+    to_inbox text := pg_catalog.format('insert into %s (%s) select %s from new_rows n where %s',
+        i, cols, azure_local_ai_internal.vectorizer_keys(v, 'n.%2$I'),
+        azure_local_ai_internal.vectorizer_enqueue_filter(v, 'n'));
     append text;
     body text;
     first_key text := v.key_columns -> 0 ->> 'name';
@@ -156,11 +160,10 @@ begin
     -- the inbox, no exception block (no subtransaction).
     append := pg_catalog.format($body$
 begin
-    insert into %1$s (%2$s) select %3$s from new_rows n where %4$s;
+    %1$s;
     return null;
 end
-$body$, i, cols, azure_local_ai_internal.vectorizer_keys(v, 'n.%2$I'),
-        azure_local_ai_internal.vectorizer_enqueue_filter(v, 'n'));
+$body$, to_inbox);
     execute pg_catalog.format(
         'create or replace function %s() returns trigger as %L language plpgsql volatile '
         'security definer', append_fn, append);
@@ -177,7 +180,7 @@ $body$, i, cols, azure_local_ai_internal.vectorizer_keys(v, 'n.%2$I'),
     body := pg_catalog.format($body$
 begin
     if tg_op operator(pg_catalog.=) 'INSERT' then
-        insert into %15$s (%2$s) select %3$s from new_rows n where %4$s;
+        %15$s;
         return null;
     end if;
     begin
@@ -223,7 +226,7 @@ $body$,
         pg_catalog.format(probe, q, azure_local_ai_internal.vectorizer_keys(v, 'q.%1$s %3$s o.%2$I', ' and ')),
         on_delete,
         case when v.chunks_table is null then f else f || ', ' || v.chunks_table::text end,
-        v.id, i);
+        v.id, to_inbox);
     execute pg_catalog.format(
         'create or replace function %s() returns trigger as %L language plpgsql volatile '
         'security definer set enable_seqscan to off', fn, body);
@@ -443,6 +446,7 @@ revoke all on function
 do $do$
 declare
     v azure_local_ai.vectorizer;
+    fns text[];
     fn text;
 begin
     for v in select * from azure_local_ai.vectorizer x
@@ -452,14 +456,14 @@ begin
         perform azure_local_ai_internal.vectorizer_build_inbox(v);
         execute pg_catalog.format('alter extension azure_local_ai drop table %s',
                                   azure_local_ai_internal.vectorizer_relation(v.id, 'inbox'));
+        fns := array[azure_local_ai_internal.vectorizer_relation(v.id, 'enqueue'),
+                     azure_local_ai_internal.vectorizer_relation(v.id, 'append')];
         perform azure_local_ai_internal.vectorizer_source_triggers(v, false);
-        foreach fn in array array[azure_local_ai_internal.vectorizer_relation(v.id, 'enqueue'),
-                                  azure_local_ai_internal.vectorizer_relation(v.id, 'append')] loop
+        foreach fn in array fns loop
             execute pg_catalog.format('drop function if exists %s()', fn);
         end loop;
         perform azure_local_ai_internal.vectorizer_build_enqueue(v);
-        foreach fn in array array[azure_local_ai_internal.vectorizer_relation(v.id, 'enqueue'),
-                                  azure_local_ai_internal.vectorizer_relation(v.id, 'append')] loop
+        foreach fn in array fns loop
             execute pg_catalog.format('alter extension azure_local_ai drop function %s()', fn);
         end loop;
         if v.disabled_reason is null then

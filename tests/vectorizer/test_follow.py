@@ -6,22 +6,12 @@ gives (within the runtime's batch-invariance bound, 1e-5).
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 import pytest
-from vectorizer_support import E5, TEXTS, load, make_docs, max_difference, queued, status
+from vectorizer_support import E5, TEXTS, load, make_docs, max_difference, queued, status, vectorize
 
 from pglocalai.vectorizer.batch import fold_inbox
 
 pytestmark = [pytest.mark.pg, pytest.mark.model]
-
-
-def vectorize(conn: psycopg.Connection[Any], table: str, target: str = "embedding",
-              prefix: str = "passage: ") -> int:
-    return int(conn.execute(
-        "SELECT azure_local_ai.create_vectorizer(%s, 'body', %s, prefix => %s)",
-        (table, target, prefix)).fetchone()[0])
 
 
 def test_backfill_writes_the_vectors_of_create_embeddings(vconn, run_worker) -> None:

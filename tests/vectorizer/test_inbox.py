@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from support import connect, wait_until
-from vectorizer_support import conninfo, load, make_docs, max_difference, queued, status
+from vectorizer_support import conninfo, load, make_docs, max_difference, queued, status, vectorize
 
 from pglocalai.vectorizer.batch import fold_inbox
 from pglocalai.vectorizer.report import Report
@@ -25,11 +25,6 @@ pytestmark = [pytest.mark.pg, pytest.mark.model]
 
 WRITES = ("SELECT relname, n_tup_ins FROM pg_stat_xact_user_tables "
           "WHERE relid = ANY(%s::regclass[]) ORDER BY relname")
-
-
-def vectorize(conn: psycopg.Connection[Any], table: str) -> int:
-    return int(conn.execute("SELECT azure_local_ai.create_vectorizer(%s, 'body', 'embedding', "
-                            "prefix => 'passage: ')", (table,)).fetchone()[0])
 
 
 def relations(vid: int) -> list[str]:

@@ -15,18 +15,22 @@ from typing import Any
 import psycopg
 import pytest
 from support import connect, pglocalai_command, subprocess_env, wait_until
-from vectorizer_support import E5, conninfo, load, make_docs, max_difference, queued, status
+from vectorizer_support import (
+    E5,
+    conninfo,
+    load,
+    make_docs,
+    max_difference,
+    queued,
+    status,
+    vectorize,
+)
 
 from pglocalai import errors
 from pglocalai.client import Client
 from pglocalai.vectorizer.batch import Limits, run_batch
 
 pytestmark = [pytest.mark.pg, pytest.mark.model]
-
-
-def vectorize(conn: psycopg.Connection[Any], table: str) -> int:
-    return int(conn.execute("SELECT azure_local_ai.create_vectorizer(%s, 'body', 'embedding', "
-                            "prefix => 'passage: ')", (table,)).fetchone()[0])
 
 
 def worker_session(params: dict[str, str]) -> psycopg.Connection[Any]:

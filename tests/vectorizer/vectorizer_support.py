@@ -66,3 +66,11 @@ def load(conn: psycopg.Connection[Any], vid: int) -> Vectorizer:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
         return next(Vectorizer.from_row(r) for r in cur.execute(CATALOG_QUERY) if r["id"] == vid)
+
+
+def vectorize(conn: psycopg.Connection[Any], table: str, target: str = "embedding",
+              prefix: str = "passage: ") -> int:
+    """A vectorizer of ``table``'s body into ``target``; its id."""
+    return int(conn.execute(
+        "SELECT azure_local_ai.create_vectorizer(%s, 'body', %s, prefix => %s)",
+        (table, target, prefix)).fetchone()[0])

@@ -95,7 +95,7 @@ def fold_inbox(conn: psycopg.Connection[Any], v: Vectorizer, statements: int = 0
         return 0
     total, done = 0, 0
     while True:
-        moved, _queued = conn.execute(v.sql.fold).fetchone()
+        (moved,) = conn.execute(v.sql.fold).fetchone()
         total, done = total + moved, done + 1
         if moved < FOLD_ROWS or done == statements:
             return total

@@ -193,9 +193,8 @@ class Statements:
             f", queued as (insert into {v.queue} ({kcols}, queued_at) "
             f"select {', '.join(f'm.{k}' for k in ks)}, m.queued_at from moved m "
             f"where not exists (select from {v.queue} q where {probe_m} "
-            f"for key share skip locked) returning 1) "
-            f"select (select pg_catalog.count(*) from moved), "
-            f"(select pg_catalog.count(*) from queued)")
+            f"for key share skip locked)) "
+            f"select pg_catalog.count(*) from moved")
         self.delete_queued = f"delete from {v.queue} where seq = any(%s::bigint[])"
         self.forget_failures = (
             f"delete from {v.failures} f using unnest({key_arrays}) as v({kcols}) "
