@@ -23,9 +23,20 @@ T = TypeVar("T")
 SPEC = ModelSpec("fake:v1", 16, 64, ("fake",), "fake")
 
 
+class FixedLoad:
+    """A CPU load probe that reports ``free`` cores (None: unknown, so never solo-wide)."""
+
+    def __init__(self, free: float | None) -> None:
+        self.free = free
+
+    def free_cores(self) -> float | None:
+        return self.free
+
+
 def make_queue(engine: FakeEngine, workers: int = 1, **kw: object) -> ModelQueue:
     opts: dict[str, object] = {"max_batch_tokens": 4096, "max_batch_size": 64,
-                               "batch_wait_ms": 1.0, "max_queue": 10_000}
+                               "batch_wait_ms": 1.0, "max_queue": 10_000,
+                               "cpu_load": FixedLoad(None)}
     opts.update(kw)
     return ModelQueue(engine, ModelStats(), slices=SliceRunner(),
                       run_pool=ThreadPoolExecutor(workers), workers=workers,

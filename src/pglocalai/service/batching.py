@@ -27,6 +27,10 @@ the backend. For one model::
   tokenised runs *wide*: on the engine's session with all intra-op threads, when it
   has one (``--wide-runs``). Until it ends no other worker starts a run, so the
   cores are never oversubscribed; texts that arrive meanwhile form the next batch.
+  A short batch (under ``WIDE_MIN_TOKENS`` padded tokens) runs wide only *solo*: no
+  two requests were open at once in the last ``SOLO_WINDOW`` seconds (one session
+  calling one text at a time: a query, a row-by-row UPDATE) and other processes
+  left the cores free (:mod:`~pglocalai.service.cpu_load`).
   A text's vector is the same on either session (``tests/model/test_thread_invariance.py``).
 * Rows are scattered back into each request's own output array at the text's
   input index, so results are in input order whatever the batch order was.
@@ -54,6 +58,7 @@ from pglocalai.errors import (
 )
 from pglocalai.service import reading
 from pglocalai.service.backlog import WINDOW_FACTOR, Backlog, Item, Request, form_batch
+from pglocalai.service.cpu_load import CpuLoad
 from pglocalai.service.engine import Engine
 from pglocalai.service.logs import get_logger
 from pglocalai.service.reading import Text
@@ -65,9 +70,16 @@ log = get_logger()
 # requests with at most this many bytes of text are tokenised on the event loop: the
 # thread hand-off (two context switches, GIL hand-offs) costs more than the work
 INLINE_TOKENIZE_BYTES = 1024
-# a lone batch of fewer padded tokens runs narrow: below this, splitting each operator
-# over two threads gains little and a busy second core can make it slower (docs/runtime.md)
+# a lone batch of fewer padded tokens runs narrow unless solo: below this, splitting each
+# operator over two threads gains ~1.4x while the other core is free, and a busy second
+# core (another session's run, another process) makes it slower (docs/runtime.md)
 WIDE_MIN_TOKENS = 128
+# a short batch runs wide only if no two requests were open at once for this long: a
+# session calling one text at a time leaves the queue empty between calls (~0.5 ms), and
+# several sessions overlap within a few milliseconds
+SOLO_WINDOW = 0.25
+# ... and only while other processes leave this much of the wide run's cores free
+SOLO_SPARE_CORES = 0.5
 
 
 class ModelQueue:
@@ -75,7 +87,8 @@ class ModelQueue:
 
     def __init__(self, engine: Engine, stats: ModelStats, *, slices: SliceRunner,
                  run_pool: Any, workers: int, max_batch_tokens: int, max_batch_size: int,
-                 batch_wait_ms: float, max_queue: int) -> None:
+                 batch_wait_ms: float, max_queue: int,
+                 cpu_load: CpuLoad | None = None) -> None:
         self.engine = engine
         self.uri = engine.spec.uri
         self.dim = engine.spec.dimensions
@@ -91,6 +104,10 @@ class ModelQueue:
         self.arriving = 0  # texts admitted and being tokenised
         self.running = 0  # batches in flight
         self.wide = 0  # wide runs so far (statistics)
+        self.solo_wide = 0  # ... of them short batches run wide while solo
+        self.open = 0  # requests admitted and not yet answered
+        self._crowded_until = 0.0  # loop time before which a short batch is not solo
+        self._cpu_load = cpu_load or CpuLoad()
         self._narrow_ok = asyncio.Event()  # cleared while a wide run has all the threads
         self._narrow_ok.set()
         self._wake = asyncio.Event()
@@ -117,11 +134,16 @@ class ModelQueue:
         ``texts`` are str or their UTF-8 bytes (as they came off the socket).
         """
         self.stats.request(len(texts))
+        self.open += 1
+        if self.open > 1:
+            self._crowded_until = self._loop.time() + SOLO_WINDOW
         try:
             return await self._embed(texts, timeout_ms)
         except (PglocalaiError, asyncio.CancelledError) as exc:
             self.stats.failed(exc)
             raise
+        finally:
+            self.open -= 1
 
     async def count_tokens(self, texts: Sequence[Text], inline: bool = True) -> list[int]:
         """Full token counts (before truncation), read in bounded windows.
@@ -241,12 +263,22 @@ class ModelQueue:
                     self._narrow_ok.set()
 
     def _goes_wide(self, batch: list[Item]) -> bool:
-        """Alone: no run in flight, nothing left waiting, long enough to gain from it."""
+        """Alone (no run in flight, nothing left waiting) and either long enough to gain
+        from all the threads, or solo on cores other processes leave free."""
         if self.running or self._backlog.queued or self.arriving:
             return False
-        if not getattr(self.engine, "wide_threads", 0):
+        threads = getattr(self.engine, "wide_threads", 0)
+        if not threads:
             return False
-        return len(batch) * max(it.length for it in batch) >= WIDE_MIN_TOKENS
+        if len(batch) * max(it.length for it in batch) >= WIDE_MIN_TOKENS:
+            return True
+        if self._loop.time() < self._crowded_until:
+            return False
+        free = self._cpu_load.free_cores()
+        if free is None or free < threads - SOLO_SPARE_CORES:
+            return False
+        self.solo_wide += 1
+        return True
 
     async def _wait_for_arrivals(self) -> None:
         """Let requests that are being tokenised right now join this batch."""
@@ -358,7 +390,8 @@ class ModelQueue:
 
     def snapshot(self) -> dict[str, Any]:
         return {"queued": self._backlog.queued, "arriving": self.arriving,
-                "running": self.running, "wide_runs": self.wide}
+                "running": self.running, "wide_runs": self.wide,
+                "solo_wide_runs": self.solo_wide}
 
 
 def _size(texts: Sequence[Text]) -> int:

@@ -78,8 +78,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", int, "model runs in parallel; each gets intra_op_parallelism / workers "
            "threads (default 2, 1 on a single CPU)"),
     Option("wide_runs", _bool, "on: a batch taken while no other run is in flight or waiting "
-           "runs with all intra_op_parallelism threads (one more session); off: always "
-           "the worker's share (default on)"),
+           "runs with all intra_op_parallelism threads (one more session), a short one only "
+           "while one request at a time is open and other processes leave the cores free; "
+           "off: always the worker's share (default on)"),
     Option("log_file", str, "append logs here (default stderr)"),
     Option("log_format", str, "log line format (default json)", choices=("json", "text")),
     Option("log_level", str, "debug logs every request (default info)",

@@ -149,6 +149,7 @@ def stats(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
             model["engine"] = getattr(queue.engine, "engine_name", "")
             model["variant_chosen_by"] = getattr(queue.engine, "chosen_by", "")
             model["wide_runs"] = queue.wide
+            model["solo_wide_runs"] = queue.solo_wide
     snap["engine"] = {"cpu": cpu_features(),
                       "variant_asked": server.config.variant or "default"}
     return Frame(Kind.RESULT, frame.request_id, snap)
