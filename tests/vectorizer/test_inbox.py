@@ -193,3 +193,28 @@ def test_a_vectorizer_without_an_inbox_gets_one_when_regenerated(vconn) -> None:
     assert vconn.execute(sql.SQL("SELECT count(*) FROM {}").format(
         sql.Identifier("azure_local_ai", inbox))).fetchone()[0] == 1
     assert status(vconn, vid)["disabled_reason"] is None
+
+
+def test_a_once_worker_waits_for_rows_another_session_is_moving(vconn, vec_db,
+                                                                deployed_socket) -> None:
+    """The heartbeat (or another worker) may be moving the inbox while the lanes look: they
+    find its rows locked and the queue empty. A --once run must not take that for done."""
+    make_docs(vconn, "in_transit", 0)
+    vid = vectorize(vconn, "in_transit")
+    vconn.execute("INSERT INTO in_transit (id, body) SELECT g, 'text ' || g "
+                  "FROM generate_series(1, 20) g")
+    worker = Worker(Options(dsn=conninfo(vec_db), socket=deployed_socket, once=True,
+                            signals=False, poll_interval=0.2), Report(tty=False))
+    with connect(vec_db) as mover:
+        with mover.transaction():
+            assert fold_inbox(mover, load(mover, vid)) == 20  # moved, not committed
+            codes: list[int] = []
+            thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+            thread.start()
+            thread.join(timeout=2.0)
+            assert thread.is_alive(), "the --once worker ended while rows were in transit"
+        thread.join(timeout=60)
+    assert codes == [0]
+    assert vconn.execute("SELECT count(*) FROM in_transit WHERE embedding IS NULL"
+                         ).fetchone()[0] == 0
+    assert max_difference(vconn, "in_transit") <= 1e-5

@@ -101,6 +101,13 @@ def fold_inbox(conn: psycopg.Connection[Any], v: Vectorizer, statements: int = 0
             return total
 
 
+def work_waiting(conn: psycopg.Connection[Any], v: Vectorizer) -> bool:
+    """Rows in the inbox or the queue, those other sessions hold included: work on its way
+    (another session is moving the inbox, or has just moved it) or under way, not done."""
+    inbox = f" or exists {v.sql.inbox_any}" if v.has_inbox else ""
+    return bool(conn.execute(f"select exists (select from {v.queue}){inbox}").fetchone()[0])
+
+
 def run_batch(conn: psycopg.Connection[Any], client: Embedder, v: Vectorizer,
               limits: Limits) -> BatchResult | None:
     """Process one batch; None when nothing of this vectorizer is waiting (or all is held)."""

@@ -38,7 +38,7 @@ from psycopg.rows import dict_row
 
 from pglocalai import errors
 from pglocalai.client import DEFAULT_SOCKET, Client
-from pglocalai.vectorizer.batch import Limits, Stale, fold_inbox, run_batch
+from pglocalai.vectorizer.batch import Limits, Stale, fold_inbox, run_batch, work_waiting
 from pglocalai.vectorizer.embedding import MODEL, describe
 from pglocalai.vectorizer.plan import CATALOG_QUERY, Vectorizer
 from pglocalai.vectorizer.presence import Backoff, Presence
@@ -204,9 +204,11 @@ class Worker:
             self._load(conn)
             for v in self._active():
                 # keeps the inbox short while lanes wait (a runtime that is down); a missing
-                # privilege is a lane's to report, with its hint
+                # privilege is a lane's to report, with its hint. Lanes that looked while this
+                # ran found the inbox locked and the queue empty: wake them for what it moved
                 with suppress(psycopg.errors.InsufficientPrivilege):
-                    fold_inbox(conn, v)
+                    if fold_inbox(conn, v):
+                        self._wake_all()
                 if conn.execute(v.sql.failures_exist).fetchone()[0]:
                     n = conn.execute(v.sql.requeue_due).rowcount
                     if n:
@@ -306,7 +308,8 @@ class Worker:
 
     def _round(self, index: int, conn: psycopg.Connection[Any],
                client: Client) -> tuple[bool, bool]:
-        """One pass over the vectorizers: (whether a batch was done, whether no error)."""
+        """One pass over the vectorizers: (whether a batch was done, whether it found nothing
+        wrong and nothing on its way)."""
         worked, clean = False, True
         active = self._active()
         if active:  # lanes start at different vectorizers
@@ -353,6 +356,11 @@ class Worker:
                 clean = False
                 continue
             if result is None:
+                # --once ends when nothing is left: rows another session is moving from the
+                # inbox to the queue (the heartbeat, another lane), or has moved since this
+                # lane looked, were not claimable then but are not done either
+                if self.options.once and work_waiting(conn, v):
+                    clean = False
                 continue
             worked = True
             self._succeeded(v.id)
