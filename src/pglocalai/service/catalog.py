@@ -93,10 +93,11 @@ class StoreCatalog:
 def choose_variant(spec: ModelSpec, wanted: str | None) -> tuple[str, str]:
     """The variant to run and why: ``--variant`` when the model has it, else its default.
 
-    Never chosen by a measurement at start: the same machine always gets the same
-    variant, so an IMMUTABLE function's vectors do not change across restarts. ``bf16``
-    is not a default anywhere yet: on the one CPU it was measured on (AVX512-BF16, no
-    AMX) it was 0.95x int8 on short texts and needed ~150 MiB more (docs/models.md).
+    Never chosen by a measurement at start, nor by the CPU's features: every machine gets
+    the same variant, so an IMMUTABLE function's vectors do not change across restarts,
+    nor between a primary, its standbys and a restore on other hardware. ``bf16`` would
+    not be worth it where it was measured anyway (AVX512-BF16, no AMX: slower than int8 on
+    short texts, ~150 MiB more; docs/models.md).
     """
     if wanted:
         if wanted in spec.variants:
