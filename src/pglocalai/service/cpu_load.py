@@ -3,8 +3,9 @@
 A lone short text runs ~1.4x faster on two threads than on one while the second core is
 free, and up to 2x slower when another process holds it (docs/runtime.md, "Short texts
 one call at a time"). The queue asks :meth:`CpuLoad.free_cores` before it runs such a
-text wide: the cores that neither this process nor any other used over the last
-sampling interval (about ``INTERVAL`` seconds, whatever ran during it).
+text wide: the cores that other processes left idle over the last sampling interval
+(about ``INTERVAL`` seconds). This process's own use counts as free: it is the work the
+wide run would take over.
 
 >>> load = CpuLoad()
 >>> load.free_cores()   # None until two samples INTERVAL apart exist, then e.g. 1.7
