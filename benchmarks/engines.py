@@ -95,6 +95,7 @@ def _openvino_graph(xml: str, precision: str) -> Run:
 
     from pglocalai.models.bert_onnx import WORD_INPUT  # noqa: PLC0415
     from pglocalai.models.word_table import WordTable  # noqa: PLC0415
+    from pglocalai.service.openvino_engine import run_by_length  # noqa: PLC0415
 
     table = WordTable((model_dir() / "word-embeddings-q4.npz").read_bytes())
     core = ov.Core()
@@ -107,16 +108,11 @@ def _openvino_graph(xml: str, precision: str) -> Run:
             "SNIPPETS_MODE": "DISABLE"}).create_infer_request()
 
     def run(batch: Sequence[np.ndarray], threads: int) -> np.ndarray:
-        out = np.empty((len(batch), table.hidden), np.float32)
-        by_length: dict[int, list[int]] = {}
-        for row, ids in enumerate(batch):
-            by_length.setdefault(len(ids), []).append(row)
-        for rows in by_length.values():
-            ids = np.stack([batch[r] for r in rows])
+        def infer(ids: np.ndarray) -> np.ndarray:
             res = requests[threads].infer({WORD_INPUT: table.rows(ids),
                                            "attention_mask": np.ones(ids.shape, np.int64)})
-            out[rows] = next(iter(res.values()))
-        return out
+            return next(iter(res.values()))
+        return run_by_length(batch, table.hidden, infer)
     return run
 
 

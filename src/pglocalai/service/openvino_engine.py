@@ -115,18 +115,27 @@ class OpenVinoEngine:
     def run(self, batch: Sequence[np.ndarray], worker: int = 0,
             wide: bool = False) -> np.ndarray:
         request, lock = self._run
-        out = np.empty((len(batch), self.spec.dimensions), dtype=np.float32)
-        by_length: dict[int, list[int]] = {}
-        for row, ids in enumerate(batch):
-            by_length.setdefault(len(ids), []).append(row)
-        for rows in by_length.values():
-            ids = np.stack([batch[r] for r in rows])
+
+        def infer(ids: np.ndarray) -> np.ndarray:
             words = self.table.rows(ids)
             with lock:
                 result = request.infer({WORD_INPUT: words,
                                         "attention_mask": np.ones(ids.shape, np.int64)})
-                out[rows] = next(iter(result.values()))
-        return out
+                return np.array(next(iter(result.values())))  # a copy: the request reuses it
+        return run_by_length(batch, self.spec.dimensions, infer)
+
+
+def run_by_length(batch: Sequence[np.ndarray], dimensions: int,
+                  infer: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """float32 [len(batch), dimensions]: ``infer`` once per token length, on the texts of
+    that length stacked (no padding, so bf16 roundings cannot depend on the other texts)."""
+    out = np.empty((len(batch), dimensions), dtype=np.float32)
+    by_length: dict[int, list[int]] = {}
+    for row, ids in enumerate(batch):
+        by_length.setdefault(len(ids), []).append(row)
+    for rows in by_length.values():
+        out[rows] = infer(np.stack([batch[r] for r in rows]))
+    return out
 
 
 def random_texts(lengths: Sequence[int], vocab: int, seed: int) -> list[np.ndarray]:
