@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,18 @@ def write_json(path: Path, data: Any) -> None:
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable) + "\n",
                    encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_page(out: Path, name: str, key: str, results: Any, markdown: str,
+               plot: Callable[[Any, Path], None]) -> None:
+    """A part with a page of its own: ``name``.json (the machine and ``{key: results}``),
+    ``name``.md and ``name``.png under ``out``."""
+    from benchmarks import machine  # noqa: PLC0415
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", {"machine": machine.machine(), key: results})
+    (out / f"{name}.md").write_text(markdown, encoding="utf-8")
+    plot(results, out / f"{name}.png")
 
 
 def _jsonable(o: Any) -> Any:

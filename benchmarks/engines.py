@@ -31,7 +31,6 @@ docs/models.md, not this process's (it holds separate 1- and 2-thread sessions).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import engine_graphs
-from benchmarks.common import MODEL_URI, OUT_DIR, model_dir, say
+from benchmarks.common import MODEL_URI, OUT_DIR, model_dir, say, write_page
 from pglocalai.service.engine import pad
 
 ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "ort-nbits8-int8",
@@ -274,17 +273,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], out: Path = OUT_DIR) -> None:
-    from benchmarks import machine  # noqa: PLC0415
-
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine.machine(), "engines": results}
-    (out / "engines.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    (out / "engines.md").write_text(
-        "# Engines side by side\n\nWritten by `python -m benchmarks.engines` (part of "
-        "`make bench`); see that module for what each row runs. ort-int8 is the runtime's "
-        "default and the landed engine.\n\n" + table(results),
-        encoding="utf-8")
-    plot(results, out / "engines.png")
+    write_page(out, "engines", "engines", results,
+               "# Engines side by side\n\nWritten by `python -m benchmarks.engines` (part of "
+               "`make bench`); see that module for what each row runs. ort-int8 is the "
+               "runtime's default and the landed engine.\n\n" + table(results), plot)
 
 
 def main() -> None:

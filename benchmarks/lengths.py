@@ -33,6 +33,8 @@ from benchmarks.sweep_texts import (  # noqa: F401 - LENGTHS, SESSIONS: run.py r
 )
 
 TABLE = "bench_lengths"
+# rounds of each version in turns when the previous version runs too (ABBA-like: A B, B A)
+ROUNDS = 2
 
 
 def _load(conn: Any, texts: Sequence[str]) -> None:
@@ -60,38 +62,54 @@ def sweep(passages: Sequence[str], quick: bool = False,
     """texts/s and useful GFLOP/s per length and path, in one run.
 
     ``previous``: the socket of the previous version's runtime (:mod:`benchmarks.previous`);
-    each length then runs the same three paths on the same texts against it too, right
-    after the current runtime, so that drift on a shared machine hits both alike.
+    each length then runs the same three paths on the same texts against both versions in
+    turns - this version first, then the previous one first - so that drift on a shared
+    machine hits both alike, and each figure is the mean of its :data:`ROUNDS` rounds.
     """
     from benchmarks.sql import connect  # noqa: PLC0415 - needs psycopg + the cluster
 
-    seconds = 4 if quick else 15
+    versions = (None, previous) if previous else (None,)
+    rounds = ROUNDS if previous else 1
+    # pgbench seconds per run: shorter runs when they are repeated in turns
+    seconds = 4 if quick else 15 if rounds == 1 else 10
     rows: list[dict[str, Any]] = []
     with connect() as conn:
-        for sock in (None, previous) if previous else (None,):
+        for sock in versions:
             _use(conn, sock)
             conn.execute(f"SELECT {FN}(%s, 'warm-up')", (MODEL_URI,))
         try:
             for tokens in lengths:
                 n = rows_for(tokens, quick)
                 say(f"lengths: {n} texts of {tokens} tokens: array, row by row, "
-                    f"{SESSIONS} sessions" + (", then the previous version" if previous else ""))
+                    f"{SESSIONS} sessions" + (f"; with the previous version, {rounds} rounds "
+                                              "in turns" if previous else ""))
                 _load(conn, make_texts(passages, tokens, n))
-                row = _paths(conn, n, seconds, None)
+                got: dict[str | None, list[dict[str, float]]] = {None: [], previous: []}
+                for r in range(rounds):
+                    for sock in versions if r % 2 == 0 else versions[::-1]:
+                        got[sock].append(_paths(conn, n, seconds, sock))
+                row = _mean(got[None])
                 gf = flops(tokens) / 1e9
                 rows.append({"tokens": tokens, "texts": n, **row,
                              **{f"{k[:-4]}_gflops": v * gf for k, v in row.items()}})
                 if previous:
-                    rows[-1]["previous"] = _paths(conn, n, seconds, previous)
+                    rows[-1]["rounds"] = got[None]
+                    rows[-1]["previous"] = {**_mean(got[previous]), "rounds": got[previous]}
         finally:
             _use(conn, None)
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    out = {"sessions": SESSIONS, "loadavg": os.getloadavg(), "rows": rows}
+    out = {"sessions": SESSIONS, "session_seconds": seconds, "loadavg": os.getloadavg(),
+           "rows": rows}
     if previous:
         from benchmarks.previous import PREVIOUS  # noqa: PLC0415
 
         out["previous_commit"] = PREVIOUS
+        out["rounds"] = rounds
     return out
+
+
+def _mean(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
 
 
 def _use(conn: Any, socket: str | None) -> None:
@@ -124,12 +142,23 @@ def before_after(res: dict[str, Any]) -> str:
     head = ("| tokens | " + " | ".join(f"{label}: now / before (ratio)" for label in (
         "array call", "row by row", f"{res['sessions']} sessions")) + " |\n|---|---|---|---|\n")
     body = "".join(f"| {r['tokens']} | " + " | ".join(
-        f"{r[k]:,.1f} / {r['previous'][k]:,.1f} ({r[k] / r['previous'][k]:.2f}x)"
-        for k in ("array_tps", "row_tps", "sessions_tps")) + " |\n" for r in rows)
+        f"{r[k]:,.1f} / {r['previous'][k]:,.1f} ({r[k] / r['previous'][k]:.2f}x"
+        + _round_ratios(r, k) + ")" for k in ("array_tps", "row_tps", "sessions_tps"))
+        + " |\n" for r in rows)
+    rounds = res.get("rounds", 1)
+    how = (f"in {rounds} rounds in turns (this version first, then the previous one first), "
+           "each figure the mean of its rounds, the ratio of each round in brackets"
+           if rounds > 1 else "each length right after this version, one round")
     return (f"\n## Before and after\n\nThe previous landed version (commit "
             f"{res.get('previous_commit', '?')}, its own runtime and model store) on the same "
-            "texts in the same run, each length right after this version: texts/s.\n\n"
-            + head + body)
+            f"texts in the same run, {how}: texts/s.\n\n" + head + body)
+
+
+def _round_ratios(row: dict[str, Any], key: str) -> str:
+    now, before = row.get("rounds") or [], row["previous"].get("rounds") or []
+    if len(now) < 2 or len(now) != len(before):
+        return ""
+    return "; " + ", ".join(f"{a[key] / b[key]:.2f}" for a, b in zip(now, before, strict=True))
 
 
 def table(res: dict[str, Any]) -> str:

@@ -63,7 +63,7 @@ def _targets(r: dict[str, Any]) -> str:
 
 
 def _elsewhere(r: dict[str, Any]) -> str:
-    """The parts with pages of their own: the token-length sweep, the engines."""
+    """The parts with pages of their own: the token-length sweep, the engines, the weights."""
     lines = []
     if r.get("lengths"):
         lines.append("- [lengths.md](lengths.md) ([plot](lengths.png)): texts of 16 to 512 tokens "
@@ -73,6 +73,10 @@ def _elsewhere(r: dict[str, Any]) -> str:
         lines.append("- [engines.md](engines.md) ([plot](engines.png)): the engines side by side "
                      "in-process: ONNX Runtime int8 (the default), fp32 and MatMulNBits, "
                      "OpenVINO bf16; speed, fidelity to fp32, batch invariance.")
+    if r.get("weights"):
+        lines.append("- [weights.md](weights.md) ([plot](weights.png)): why a run over one or "
+                     "two texts costs more per text: every run streams the int8 weights from "
+                     "memory; the model's matmuls with its weights and with one layer's in cache.")
     return "## On pages of their own\n\n" + "\n".join(lines) if lines else ""
 
 

@@ -303,16 +303,32 @@ def _why_sessions(r: dict[str, Any]) -> str:
                  f"there hold {bulk_batch:.0f} texts on average, here {batch:.1f}, and a run "
                  "over a couple of texts costs more per text. ")
     text += (f"At {total:.2f} ms per text, {cores} cores give at most {1000 * cores / total:.0f}"
-             " texts/s. What would close it: a cheaper model run for one or two texts. Fuller "
-             "batches would buy little: measured separately on this machine (2026-11-25, one "
-             "thread, ~30-token passages in arrival order), a run costs ~4.2 ms per text in "
-             "batches of 1 or 2 and no less in batches of 4 to 16, where padding across "
-             "unequal lengths eats the gain; only length-sorted bulk batches get below 4 ms. "
-             "perf on the runtime serving one session put 82% of its CPU in ONNX Runtime "
-             "kernels, the rest (~0.8 ms per request) in Python, libc and the kernel. So what "
-             "remains is the per-run cost of the int8 graph on a few tokens (the fused kernels "
-             "named for bulk above) and the PostgreSQL share of each call.")
+             " texts/s. What would close it: a cheaper model run for one or two texts. "
+             + _weights_streamed(r)
+             + "perf on the runtime serving one session (2026-11-25) put 82% of its CPU in "
+             "ONNX Runtime kernels, the rest (~0.8 ms per request) in Python, libc and the "
+             "kernel. So what remains is the per-run cost of the int8 graph on a few tokens "
+             "(the fused kernels named for bulk above) and the PostgreSQL share of each call.")
     return text
+
+
+def _weights_streamed(r: dict[str, Any]) -> str:
+    """What one run over a few texts pays for its weights, from weights.md of this run."""
+    w = r.get("weights") or {}
+    ways = w.get("ways") or {}
+    model, cached = ways.get("matmuls, model weights"), ways.get(
+        "matmuls, one layer's weights x12")
+    whole = {x["texts"]: x for x in ways.get("whole int8 graph") or []}
+    if not model or not cached or 1 not in whole or 16 not in whole:
+        return ""
+    far = w["bandwidth"][-1]
+    return (f"Every run reads all {w['weight_mb']:.0f} MB of the int8 weights, more than the "
+            f"caches keep (one core reads {far['gb_per_s']:.0f} GB/s from a {far['mb']} MB "
+            f"working set): in this run the model's matmuls over one text took "
+            f"{model[0]['ms_per_run']:.2f} ms with its weights and {cached[0]['ms_per_run']:.2f}"
+            " ms with one layer's weights in cache, and the whole graph cost "
+            f"{whole[1]['ms_per_text']:.2f} ms per text in runs of one text, "
+            f"{whole[16]['ms_per_text']:.2f} in runs of 16 (one thread; weights.md). ")
 
 
 def _flags(r: dict[str, Any]) -> list[str]:

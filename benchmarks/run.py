@@ -186,6 +186,11 @@ def main() -> None:
         b.r["engines"] = b.step("engines", engines.run_all)
         if b.r["engines"]:
             engines.write(b.r["engines"], args.out)
+        from benchmarks import weights  # noqa: PLC0415
+
+        b.r["weights"] = b.step("weights streamed per run", weights.measure)
+        if b.r["weights"]:
+            weights.write(b.r["weights"], args.out)
         for variant in variants(mdir):
             res = b.step(f"runtime memory {variant}",
                          lambda v=variant: runtime.variant_memory(v, passages))
