@@ -201,10 +201,12 @@ def peer_table(res: dict[str, Any]) -> str:
                 + (f"; {p['note']}" if p.get("note") else "")
                 for p in res["peers"].values() if p.get("versions")]
     repeat = max((p.get("repeat", 1) for p in res["peers"].values()), default=1)
+    rounds = res.get("rounds", 1)
+    sql_timings = f"the mean of {rounds} rounds" if rounds > 1 else "one timing"
     return ("\n## Side by side with the peers\n\ntexts/s (useful GFLOP/s). Peers run in-process "
             "on the first texts of each length the SQL paths embed, batched as each batches by "
-            f"default, after a warm-up, best of {repeat} timings (the SQL paths: one); on a shared "
-            "machine, so the figures are noisy. Cosine: each "
+            f"default, after a warm-up, best of {repeat} timings (the SQL paths: "
+            f"{sql_timings}); on a shared machine, so the figures are noisy. Cosine: each "
             f"peer's first vectors of each length against {res.get('peer_reference', 'fp32')}."
             "\n\n" + head + "\n".join(rows + [counts]) + "\n"
             + ("\nVersions:\n\n" + "\n".join(versions) + "\n" if versions else "")
