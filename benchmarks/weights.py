@@ -1,13 +1,13 @@
 """Why a run over a few texts costs more per text (issue 15): the weights stream from memory.
 
-Every model run reads all of the encoder's int8 weights, ~21 MB for multilingual-e5-small,
+Every model run reads all of the encoder's int8 weights, ~20 MB for multilingual-e5-small,
 however few tokens it holds. Three measurements, one thread, in one process:
 
 * read bandwidth by working-set size (a numpy sum): where the caches end and what one core
   gets from memory beyond them;
 * the model's 72 integer matmuls alone (its shapes, ``MatMulIntegerToFloat`` as in the
   store's graph) on the rows of 1, 2, 4 and 16 short texts, two ways taking turns: twelve
-  layers of weights (the model: ~21 MB per run) and one layer's weights run twelve times
+  layers of weights (the model: ~20 MB per run) and one layer's weights run twelve times
   (the same work on 1.8 MB that stays in cache). The gap is the cost of streaming weights;
 * the store's whole int8 graph on the same texts: the per-text cost a runtime batch pays.
 
