@@ -109,7 +109,7 @@ def test_corrupted_model_is_refused_and_others_keep_working(model_store: Path,
 
 
 @pytest.mark.runtime
-def test_int8_runtime_process_stays_under_350_mb(model_store: Path) -> None:
+def test_int8_runtime_process_stays_under_350_mb_at_its_peak_too(model_store: Path) -> None:
     """The memory target of the model issue, on a real ``pglocalai serve`` process.
 
     Two workers with one thread each share one ONNX Runtime session (the default on
@@ -128,10 +128,21 @@ def test_int8_runtime_process_stays_under_350_mb(model_store: Path) -> None:
             for i in range(0, len(passages), 64):
                 client.embed_raw(E5, passages[i : i + 64])
         rss = rt.process().memory_info().rss
+        peak = peak_rss(rt.process().pid)
         rt.stop()
         log = rt.log()
     assert '"tokenizer":"compact"' in log
     assert rss < 350e6, f"runtime RSS {rss / 1e6:.0f} MB with the int8 model loaded"
+    # issue 15's line, at the peak: loading the model (the graph parsed for the shared
+    # weights and for each session) and the passages embedded since
+    assert peak < 350 * 2**20, f"runtime peak RSS {peak / 2**20:.0f} MiB"
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        line = next(x for x in f if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 @pytest.mark.runtime

@@ -19,8 +19,10 @@ the session it began with and the next batch uses the new one.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, suppress
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -121,17 +123,19 @@ class OnnxEngine:
         self.pooling = str(spec.metadata.get("pooling", "mean"))
         self.normalize = bool(spec.metadata.get("normalize", True))
         self._open_graph = open_graph
+        self.wide_runs = wide_runs
+        self.wide_threads = 0
+        # shared by all sessions, once there are several (see _session_graph)
+        self._weights: Weights | None = None
+        self._sessions: tuple[list[Any], Any] = ([], None)
+        self.configure(settings, workers)
+        # the tokenizer after the sessions: loading the graph peaks ~75 MB above where it
+        # ends, and that peak is lower without the tokenizer's ~80 MB already resident
         from pglocalai.service.tokenizer import load_tokenizer  # noqa: PLC0415 - heavy
 
         self.text_tokenizer = load_tokenizer(tokenizer_json, tokenizer_mode)
         self.tokenizer = self.text_tokenizer.name
         self.pad_id = self.text_tokenizer.pad_id
-        self.wide_runs = wide_runs
-        self.wide_threads = 0
-        # (arrays, OrtValues over them): shared by all sessions, once there are several
-        self._weights: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
-        self._sessions: tuple[list[Any], Any] = ([], None)
-        self.configure(settings, workers)
 
     def configure(self, settings: dict[str, Any], workers: int) -> None:
         threads = session_threads(settings, workers)
@@ -140,13 +144,15 @@ class OnnxEngine:
         # run: a session (thread pool) per worker. A wide run has a session of its own.
         count = 1 if threads == 1 else max(1, workers)
         # from a path, not bytes: InferenceSession keeps bytes it was given for life
-        with self._open_graph() as path:
+        with self._open_graph() as store_graph:
             try:
-                if self._weights is None and count + (wide > 0) > 1:
-                    self._weights = _load_weights(path)
-                shared = self._weights[1] if self._weights else {}
-                narrow = [_session(path, settings, threads, shared) for _ in range(count)]
-                extra = _session(path, settings, wide, shared) if wide else None
+                # once shared, always: sessions in flight use the arrays in place
+                share = self._weights is not None or count + (wide > 0) > 1
+                with _session_graph(store_graph, share, self._weights) as (path, weights):
+                    self._weights = weights
+                    shared = weights[1] if weights else {}
+                    narrow = [_session(path, settings, threads, shared) for _ in range(count)]
+                    extra = _session(path, settings, wide, shared) if wide else None
             except Exception as exc:  # noqa: BLE001 - ORT raises its own types
                 raise ModelFormatError(f"onnx runtime could not load model \"{self.spec.uri}\" "
                                        f"variant {self.variant}", detail=str(exc)) from None
@@ -202,21 +208,75 @@ def _session(path: str, settings: dict[str, Any], threads: int,
 _PACKING = ("MatMul", "Gemm", "Attention", "Conv")  # op types whose CPU kernels pre-pack
 
 
-def _load_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The graph's initializers as OrtValues the sessions share instead of each copying."""
+# a shared initializer this large stays out of the graph the sessions parse
+LEAN_MIN_BYTES = 64 * 1024
+# the external data file a lean graph names for them: it exists, empty, and is never read
+UNREAD_DATA = "shared-initializers.unread"
+Weights = tuple[dict[str, np.ndarray], dict[str, Any]]  # (arrays, OrtValues over them)
+
+
+@contextmanager
+def _session_graph(path: str, share: bool,
+                   weights: Weights | None) -> Iterator[tuple[str, Weights | None]]:
+    """(the graph to build sessions from, the weights they share) while in the block.
+
+    One session shares nothing: the store's graph as it is. Several share every
+    initializer that no kernel pre-packs, as OrtValues used in place (loaded once, kept
+    by the engine). They then parse a lean copy of the graph in a private temporary
+    folder, whose large shared initializers are external data in a file that is never
+    read: ONNX Runtime takes an initializer added to the session "instead of
+    deserializing one from the model", and only checks that the file exists. Parsing the
+    whole graph cost each session ~75 MB more at its peak, the 54 MB word table included
+    (docs/runtime.md, Memory).
+    """
+    if not share:
+        yield path, None
+        return
     import onnx  # noqa: PLC0415 - heavy
-    import onnxruntime as ort  # noqa: PLC0415
-    from onnx import numpy_helper  # noqa: PLC0415
 
     model = onnx.load(path)
+    weights = weights or _shared_weights(model)
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="pglocalai-graph-")
+    except OSError:  # nowhere to write: every session parses the store's graph
+        del model
+        yield path, weights
+        return
+    with folder as tmp:
+        lean = os.path.join(tmp, "graph.onnx")
+        _write_lean(model, set(weights[1]), lean)
+        del model  # (no other reference into it may live on: it frees all of it or nothing)
+        with open(os.path.join(tmp, UNREAD_DATA), "wb"):
+            pass  # empty: ONNX Runtime checks that it exists and reads nothing from it
+        release_free_memory()
+        yield lean, weights
+
+
+def _write_lean(model: Any, shared: set[str], path: str) -> None:
+    """Write ``model`` with its large ``shared`` initializers as unread external data."""
+    from onnx import TensorProto  # noqa: PLC0415
+
+    for tensor in model.graph.initializer:
+        if tensor.name in shared and len(tensor.raw_data) >= LEAN_MIN_BYTES:
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            tensor.external_data.add(key="location", value=UNREAD_DATA)
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _shared_weights(model: Any) -> Weights:
+    """The graph's initializers as OrtValues the sessions share instead of each copying."""
+    import onnxruntime as ort  # noqa: PLC0415 - heavy
+    from onnx import numpy_helper  # noqa: PLC0415
+
     # a weight that a kernel pre-packs stays each session's own: the session frees the
     # original after packing it, which it cannot do with a shared one
     packed = {name for node in model.graph.node if any(k in node.op_type for k in _PACKING)
               for name in node.input}
     arrays = {t.name: np.ascontiguousarray(numpy_helper.to_array(t))
               for t in model.graph.initializer if t.name not in packed}
-    del model
-    release_free_memory()
     # the OrtValues point into the arrays: the engine keeps both for life
     return arrays, {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
 
