@@ -22,7 +22,7 @@ import ctypes
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -236,24 +236,19 @@ def _session_graph(path: str, share: bool,
 
     model = onnx.load(path)
     weights = weights or _shared_weights(model)
-    try:
-        folder = tempfile.TemporaryDirectory(prefix="pglocalai-graph-")
-    except OSError:  # nowhere to write: every session parses the store's graph
-        del model
-        yield path, weights
-        return
-    with folder as tmp:
-        lean = os.path.join(tmp, "graph.onnx")
-        _write_lean(model, set(weights[1]), lean)
+    with ExitStack() as cleanup:
+        try:
+            tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="pglocalai-graph-"))
+            graph = _write_lean(model, set(weights[1]), tmp)
+        except OSError:  # a full or read-only temporary folder: the store's graph, as before
+            graph = path
         del model  # (no other reference into it may live on: it frees all of it or nothing)
-        with open(os.path.join(tmp, UNREAD_DATA), "wb"):
-            pass  # empty: ONNX Runtime checks that it exists and reads nothing from it
         release_free_memory()
-        yield lean, weights
+        yield graph, weights
 
 
-def _write_lean(model: Any, shared: set[str], path: str) -> None:
-    """Write ``model`` with its large ``shared`` initializers as unread external data."""
+def _write_lean(model: Any, shared: set[str], folder: str) -> str:
+    """``model`` in ``folder`` with its large ``shared`` initializers as unread external data."""
     from onnx import TensorProto  # noqa: PLC0415
 
     for tensor in model.graph.initializer:
@@ -262,8 +257,12 @@ def _write_lean(model: Any, shared: set[str], path: str) -> None:
             tensor.data_location = TensorProto.EXTERNAL
             del tensor.external_data[:]
             tensor.external_data.add(key="location", value=UNREAD_DATA)
-    with open(path, "wb") as f:
+    with open(os.path.join(folder, UNREAD_DATA), "wb"):
+        pass  # empty: ONNX Runtime checks that it exists and reads nothing from it
+    graph = os.path.join(folder, "graph.onnx")
+    with open(graph, "wb") as f:
         f.write(model.SerializeToString())
+    return graph
 
 
 def _shared_weights(model: Any) -> Weights:
