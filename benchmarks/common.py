@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,7 @@ RUN_DIR = REPO / ".run"
 WORK_DIR = RUN_DIR / "bench"
 OUT_DIR = REPO / "docs" / "benchmarks"
 MODEL_URI = "multilingual-e5-small:v1"
+T = TypeVar("T")
 _T0 = time.perf_counter()
 
 
@@ -111,6 +112,13 @@ def fidelity(vectors: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"mean_cosine": float(c.mean()), "min_cosine": float(c.min()), "n": int(n)}
 
 
+def in_turn(items: Sequence[T], round_no: int) -> list[T]:
+    """``items`` for round ``round_no``: each round starts one item further along, so a
+    machine that drifts between rounds favours none of them (two items alternate)."""
+    k = round_no % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -119,16 +127,14 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_page(out: Path, name: str, key: str, results: Any, markdown: str,
-               plot: Callable[[Any, Path], None]) -> None:
-    """A part with a page of its own: ``name``.json (the machine and ``{key: results}``),
-    ``name``.md and ``name``.png under ``out``."""
-    from benchmarks import machine  # noqa: PLC0415
-
+def write_page(out: Path, name: str, doc: dict[str, Any], markdown: str,
+               draw: Callable[[Path], None]) -> None:
+    """A part with a page of its own: ``name``.json (``doc``), ``name``.md and the plot
+    ``draw`` makes, ``name``.png, under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", {"machine": machine.machine(), key: results})
+    write_json(out / f"{name}.json", doc)
     (out / f"{name}.md").write_text(markdown, encoding="utf-8")
-    plot(results, out / f"{name}.png")
+    draw(out / f"{name}.png")
 
 
 def _jsonable(o: Any) -> Any:

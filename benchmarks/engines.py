@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import engine_graphs
-from benchmarks.common import MODEL_URI, OUT_DIR, model_dir, say, write_page
+from benchmarks import engine_graphs, machine
+from benchmarks.common import MODEL_URI, OUT_DIR, in_turn, model_dir, say, write_page
 from pglocalai.service.engine import pad
 
 ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "ort-nbits8-int8",
@@ -206,7 +206,7 @@ def run_all(names: Sequence[str] = ENGINES, rounds: int = ROUNDS) -> dict[str, A
     rounds_of: dict[str, list[dict[str, float]]] = {name: [] for name in order}
     for r in range(rounds):
         say(f"engines: round {r + 1} of {rounds}")
-        for name in order[r % len(order):] + order[: r % len(order)]:
+        for name in in_turn(order, r):
             rounds_of[name].append(speeds(runs[name], short, long))
     for name in order:
         for key in SPEED:
@@ -273,10 +273,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], out: Path = OUT_DIR) -> None:
-    write_page(out, "engines", "engines", results,
+    write_page(out, "engines", {"machine": machine.machine(), "engines": results},
                "# Engines side by side\n\nWritten by `python -m benchmarks.engines` (part of "
                "`make bench`); see that module for what each row runs. ort-int8 is the "
-               "runtime's default and the landed engine.\n\n" + table(results), plot)
+               "runtime's default and the landed engine.\n\n" + table(results),
+               lambda path: plot(results, path))
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MODEL_URI, WORK_DIR, say, write_json
+from benchmarks.common import MODEL_URI, WORK_DIR, in_turn, say, write_json
 from benchmarks.sweep_texts import (  # noqa: F401 - LENGTHS, SESSIONS: run.py reads them here
     FN,
     LENGTHS,
@@ -86,7 +86,7 @@ def sweep(passages: Sequence[str], quick: bool = False,
                 _load(conn, make_texts(passages, tokens, n))
                 got: dict[str | None, list[dict[str, float]]] = {None: [], previous: []}
                 for r in range(rounds):
-                    for sock in versions if r % 2 == 0 else versions[::-1]:
+                    for sock in in_turn(versions, r):
                         got[sock].append(_paths(conn, n, seconds, sock))
                 row = _mean(got[None])
                 gf = flops(tokens) / 1e9

@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmarks import machine
 from benchmarks.common import REPO
+from benchmarks.weights import CACHED, MODEL, WHOLE
 
 # path key -> (label, precision of its matmuls, for the peak it is compared with)
 PATHS: dict[str, tuple[str, str]] = {
@@ -316,9 +317,8 @@ def _weights_streamed(r: dict[str, Any]) -> str:
     """What one run over a few texts pays for its weights, from weights.md of this run."""
     w = r.get("weights") or {}
     ways = w.get("ways") or {}
-    model, cached = ways.get("matmuls, model weights"), ways.get(
-        "matmuls, one layer's weights x12")
-    whole = {x["texts"]: x for x in ways.get("whole int8 graph") or []}
+    model, cached = ways.get(MODEL), ways.get(CACHED)
+    whole = {x["texts"]: x for x in ways.get(WHOLE) or []}
     if not model or not cached or 1 not in whole or 16 not in whole:
         return ""
     far = w["bandwidth"][-1]

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks.common import WORK_DIR, load_run_env, say, write_json
+from benchmarks.common import WORK_DIR, in_turn, load_run_env, say, write_json
 
 DB = "bench_trigger_parts"
 COUNT = "azure_local_ai_internal.vectorizer_queue_count"
@@ -149,7 +149,7 @@ def run(rows: int = 20_000, commit: str = "off", block: int = 100) -> dict[str, 
                 for i in range(-200, 0):
                     conn.execute(stmts[n], (i, "warm up"))
             for r, start in enumerate(range(0, rows, block)):
-                for n in names[r % len(names):] + names[:r % len(names)]:
+                for n in in_turn(names, r):
                     for i in range(start, start + block):
                         t0 = time.perf_counter()
                         conn.execute(stmts[n], (i, f"passage number {i}"))

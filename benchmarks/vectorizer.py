@@ -28,7 +28,15 @@ from psycopg import sql
 
 import pglocalai
 from benchmarks import trigger_parts
-from benchmarks.common import MODEL_URI, WORK_DIR, load_run_env, percentiles, say, write_json
+from benchmarks.common import (
+    MODEL_URI,
+    WORK_DIR,
+    in_turn,
+    load_run_env,
+    percentiles,
+    say,
+    write_json,
+)
 from benchmarks.data import build_corpus
 from pglocalai.vectorizer.report import Report
 from pglocalai.vectorizer.worker import Options, Worker
@@ -113,7 +121,7 @@ def backfill(dsn: str, passages: Sequence[str], socket: str, rounds: int = 3) ->
         conn.execute("SELECT azure_local_ai.create_embeddings(%s, %s::text[])",
                      (MODEL_URI, list(passages[:200])))  # warm up the model and the session
         for r in range(rounds):
-            for step in ((array, vectorizer) if r % 2 == 0 else (vectorizer, array)):
+            for step in in_turn((array, vectorizer), r):
                 step(conn)
     out["array_texts_per_s"] = statistics.median(out["array"])
     out["backfill_texts_per_s"] = statistics.median(out["vectorizer"])
@@ -169,7 +177,7 @@ def trigger_overhead(dsn: str, inserts: int = 5000, block: int = 100) -> dict[st
             pairs: list[tuple[float, float]] = []
             for r, i in enumerate(range(0, inserts, block)):
                 spent = {}
-                for t in (("vb_plain", "vb_vec") if r % 2 == 0 else ("vb_vec", "vb_plain")):
+                for t in in_turn(("vb_plain", "vb_vec"), r):
                     t0 = time.perf_counter()
                     for j in range(i, i + block):
                         t1 = time.perf_counter()

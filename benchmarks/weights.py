@@ -24,13 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import OUT_DIR, model_dir, say, write_page
+from benchmarks import machine
+from benchmarks.common import OUT_DIR, in_turn, model_dir, say, write_page
 from benchmarks.machine import E5_SMALL
 
 TOKENS = 25  # a short passage, the benchmark corpus's typical length
 TEXTS = (1, 2, 4, 16)
 SIZES_MB = (1, 4, 8, 16, 24, 32, 64, 256)
 ROUNDS = 3
+# the three ways timed (keys of ``ways`` in the results; benchmarks.report reads them)
+MODEL = "matmuls, model weights"
+CACHED = "matmuls, one layer's weights x12"
+WHOLE = "whole int8 graph"
 
 
 def _session(model: Any) -> Any:
@@ -120,12 +125,11 @@ def runs(rounds: int = ROUNDS) -> dict[str, Any]:
             ids = rng.integers(5, 200_000, (texts, TOKENS))
             ids[:, 0] = 0
             whole = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-            ways = {"matmuls, model weights": lambda f=feed: model.run(None, f),
-                    "matmuls, one layer's weights x12": lambda f=feed: [
+            ways = {MODEL: lambda f=feed: model.run(None, f),
+                    CACHED: lambda f=feed: [
                         one.run(None, f) for _ in range(layers)],
-                    "whole int8 graph": lambda w=whole: graph.run(None, w)}
-            names = list(ways)
-            for name in names[r % 3:] + names[:r % 3]:
+                    WHOLE: lambda w=whole: graph.run(None, w)}
+            for name in in_turn(list(ways), r):
                 got.setdefault((name, texts), []).append(
                     _time(ways[name], max(5, 160 // texts)) * 1e3)
     out: dict[str, Any] = {"tokens_per_text": TOKENS, "rounds": rounds, "threads": 1,
@@ -159,9 +163,9 @@ def table(res: dict[str, Any]) -> str:
             r = rows[i]
             g = f", {r['gops']:.0f} GOPS" if r["gops"] else ""
             cells.append(f"{r['ms_per_run']:.2f} ms ({r['ms_per_text']:.2f}/text{g})")
-        model = ways["matmuls, model weights"][i]["ms_per_run"]
-        cached = ways["matmuls, one layer's weights x12"][i]["ms_per_run"]
-        rest = (ways["whole int8 graph"][i]["ms_per_run"] - model) / texts
+        model = ways[MODEL][i]["ms_per_run"]
+        cached = ways[CACHED][i]["ms_per_run"]
+        rest = (ways[WHOLE][i]["ms_per_run"] - model) / texts
         body += (f"| {texts} | " + " | ".join(cells) + f" | {model - cached:+.2f} ms "
                  f"| {rest:.2f} ms |\n")
     return ("# Weights streamed per run\n\nWritten by `python -m benchmarks.weights` (part of "
@@ -209,7 +213,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 
 def write(res: dict[str, Any], out: Path = OUT_DIR) -> None:
-    write_page(out, "weights", "weights", res, table(res), plot)
+    write_page(out, "weights", {"machine": machine.machine(), "weights": res}, table(res),
+               lambda path: plot(res, path))
 
 
 def main() -> None:
