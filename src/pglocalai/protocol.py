@@ -43,11 +43,13 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
 
 from pglocalai.errors import BadRequest, InputTooLarge, InvalidArgument, ProtocolMismatch
+
+TYPE_CHECKING = False  # not typing's: see "Loading" in pglocalai.pg.functions
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 2
 
@@ -95,13 +97,30 @@ class Kind(IntEnum):
 TEXT_KINDS = frozenset({Kind.EMBED, Kind.TOKEN_COUNT, Kind.CHUNK})
 
 
-@dataclass
 class Frame:
-    kind: Kind
-    request_id: int
-    header: dict[str, Any] = field(default_factory=dict)
-    payload: Buffer = b""
-    version: int = PROTOCOL_VERSION
+    """One message. A plain class, not a dataclass: ``dataclasses`` imports ``inspect``,
+    ~10 ms that every new PostgreSQL session pays when it loads this package."""
+
+    __slots__ = ("kind", "request_id", "header", "payload", "version")
+
+    def __init__(self, kind: Kind, request_id: int, header: dict[str, Any] | None = None,
+                 payload: Buffer = b"", version: int = PROTOCOL_VERSION) -> None:
+        self.kind = kind
+        self.request_id = request_id
+        self.header = {} if header is None else header
+        self.payload = payload
+        self.version = version
+
+    def __repr__(self) -> str:
+        return (f"Frame({self.kind!r}, {self.request_id}, {self.header!r}, "
+                f"<{len(self.payload)} bytes>, version={self.version})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment] - mutable, like the dataclass it replaces
 
 
 def encode(frame: Frame) -> bytes:

@@ -16,6 +16,7 @@ import random
 import re
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,18 @@ def test_a_pending_interrupt_stops_the_wait(monkeypatch: pytest.MonkeyPatch) -> 
 def test_outside_the_server_there_is_no_interrupt_flag() -> None:
     assert f._interrupt_reader() is None
     f.check_interrupt()  # a no-op
+
+
+def test_loading_the_package_imports_only_what_it_runs_on() -> None:
+    # every new session that embeds pays for this import; typing, dataclasses (and with it
+    # inspect) and ctypes cost it ~20 ms, for annotations and a rarely needed flag reader
+    src = str(Path(f.__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {src!r}); import pglocalai.pg.functions; "
+            "print(' '.join(m for m in ('typing', 'dataclasses', 'inspect', 'ctypes') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         check=True, env={"PATH": os.environ.get("PATH", "")})
+    assert out.stdout.split() == []
 
 
 # -- create_embeddings(text[] [, ids]) ------------------------------------------------------------
