@@ -21,8 +21,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def render(r: dict[str, Any]) -> str:
     parts = [_intro(r), _targets(r), _throughput(r), _single(r), _concurrency(r), _turns(r),
-             _cpu(r),
-             _vectorizer(r), _elsewhere(r), _memory(r),
+             _cpu(r), _vectorizer(r), _elsewhere(r), _memory(r),
              _compute(r), _machine(r), _reproduce(r), _notes(r)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -185,19 +184,19 @@ def _turns(r: dict[str, Any]) -> str:
               "enter them; the targets use their medians.")
 
 
+# the columns of the turns table, and how each is written: rates whole, the rest to 0.01
+TURNS = {"array": ",.0f", "row": ",.0f", "sessions": ",.0f", "avg_batch": ".2f",
+         "row/array": ".2f", "sessions/array": ".2f"}
+
+
 def turns_table(t: dict[str, Any]) -> str:
     """Each round's rates and ratios, then the medians (benchmarks.turns)."""
-    cols = ["array", "row", "sessions", "avg_batch", "row/array", "sessions/array"]
-    rows = [[str(i + 1)] + [_f(r.get(c), ".2f" if c in RATIOS else ",.0f") for c in cols]
+    rows = [[str(i + 1)] + [_f(r.get(c), fmt) for c, fmt in TURNS.items()]
             for i, r in enumerate(t["rounds"])]
-    rows.append(["median"] + [_f(t["median"].get(c), ".2f" if c in RATIOS else ",.0f")
-                              for c in cols])
+    rows.append(["median"] + [_f(t["median"].get(c), fmt) for c, fmt in TURNS.items()])
     return _table(["round", "array call texts/s", "row by row rows/s",
                    f"{t['sessions']} sessions texts/s", "sessions' avg batch", "row / array",
                    "sessions / array"], rows)
-
-
-RATIOS = {"avg_batch", "row/array", "sessions/array"}
 
 
 def _vectorizer(r: dict[str, Any]) -> str:
