@@ -1,6 +1,6 @@
-"""The short-text paths in turns: the array call, row by row and 8 pgbench sessions back
-to back in every round, on the runtime `make up` started, so their ratios come from the
-same minute.
+"""The short-text paths in turns: the runtime alone (its own client), the array call, row by
+row and 8 pgbench sessions back to back in every round, on the runtime `make up` started,
+so their ratios come from the same minute.
 
 `make bench` measures bulk, row by row and concurrency as separate steps minutes apart.
 This machine's speed drifts by up to 2x within minutes (weights.md), so a ratio of two
@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks import data, sidebyside
+from benchmarks import data, runtime, sidebyside
 from benchmarks.common import OUT_DIR, REPO, load_run_env, say, write_json
 from benchmarks.readme import turns_table
 from benchmarks.sweep_texts import SESSIONS
@@ -52,7 +52,8 @@ class Landed:
 
 
 def run(passages: Sequence[str], quick: bool, rounds: int | None = None) -> dict[str, Any]:
-    """Rounds of array call, row by row and 8 sessions; medians and ratios within rounds."""
+    """Rounds of the runtime alone, array call, row by row and 8 sessions; medians, and
+    ratios within rounds."""
     sizes = dict(QUICK if quick else FULL)
     if rounds:
         sizes["rounds"] = rounds
@@ -67,9 +68,14 @@ def run(passages: Sequence[str], quick: bool, rounds: int | None = None) -> dict
                                                   "array": min(200, sizes["array"])}),
                            ndocs, [])
         for i in range(sizes["rounds"]):
-            measured.append(sidebyside.measure(rt, args, ndocs, []))
+            # the runtime alone first (its own client, no SQL), then the SQL paths
+            alone = runtime.bulk(texts[: sizes["array"]])[1]["texts_per_s"]
+            got = {"runtime": alone, **sidebyside.measure(rt, args, ndocs, [])}
+            got["array/runtime"] = got["array"] / alone
+            got["sessions/runtime"] = got["sessions"] / alone
+            measured.append(got)
             say(f"paths in turns, round {i + 1}: " + ", ".join(
-                f"{k} {v:,.1f}" for k, v in measured[-1].items()))
+                f"{k} {v:,.2f}" for k, v in got.items()))
     return {"sizes": sizes, "sessions": SESSIONS, "rounds": measured,
             "median": sidebyside.medians(measured),
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
