@@ -117,10 +117,14 @@ def run_storm(sock_path: str, frames: int, seed: int) -> None:
 
 
 def fill_batches(sock_path: str) -> None:
-    """Both workers at once on full batches: ONNX Runtime's arena grows to its working size.
+    """Both workers at once on full batches, then a lone run: each session's ONNX Runtime
+    arena grows to its working size.
 
     The arena grows in steps (doubling) and keeps what it took; a step taken during the
     storm would look like a leak of many MiB although the next storms need nothing more.
+    The witness's lone texts may run on the wide session (all threads, when the cores are
+    free), whose arena only a lone run touches: a long text runs there whenever no other
+    run is in flight (its first run took ~9 MiB), so it is sent until one did.
     """
     texts = [f"passage {i}: " + "abandoned words fill the batch " * 4 for i in range(64)]
 
@@ -134,6 +138,15 @@ def fill_batches(sock_path: str) -> None:
         t.start()
     for t in threads:
         t.join()
+    with Client(sock_path) as c:
+        def wide_runs() -> int:
+            return int(c.stats()["models"][E5].get("wide_runs", 0))
+
+        before = wide_runs()
+        for _ in range(20):  # the witness's run may be in flight at the moment
+            c.embed_raw(E5, ["a lone long passage " * 60])
+            if wide_runs() > before:
+                break
 
 
 def test_junk_from_many_clients_while_a_witness_is_served(target: Runtime,
