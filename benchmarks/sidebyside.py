@@ -174,14 +174,19 @@ def measure(rt: Reached, args: argparse.Namespace, ndocs: int,
     return out
 
 
-def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
-    """Median of each figure over the rounds; ratios to the array overload per round."""
-    keys = {k for r in rounds for k in r}
+# the ratios taken within each round, "a/b" for (a, b)
+RATIOS = (("row", "array"), ("sessions", "array"))
+
+
+def medians(rounds: list[dict[str, float]],
+            ratios: Sequence[tuple[str, str]] = RATIOS) -> dict[str, float]:
+    """Median of each figure over the rounds, ``ratios`` taken within each round first
+    (and added to it)."""
     for r in rounds:
-        for path in ("row", "sessions"):
-            if path in r and r.get("array"):
-                r[f"{path}/array"] = r[path] / r["array"]
-    keys |= {k for r in rounds for k in r}
+        for a, b in ratios:
+            if a in r and r.get(b):
+                r[f"{a}/{b}"] = r[a] / r[b]
+    keys = {k for r in rounds for k in r}
     return {k: statistics.median(r[k] for r in rounds if k in r) for k in sorted(keys)}
 
 
