@@ -176,9 +176,12 @@ def _turns(r: dict[str, Any]) -> str:
     z = t["sizes"]
     alone = ("the runtime alone (`embed_stream`, 128 texts per request) on the same "
              "passages, " if "runtime" in t["median"] else "")
+    turned = ("; the order turned by one each round, so that every path takes every "
+              "position" if t.get("orders") else "")
     return ("## Short texts in turns: array call, row by row, 8 sessions\n\n" + turns_table(t)
             + f"\n\nEach round runs the paths back to back on the same runtime "
-              f"(`benchmarks/turns.py`): {alone}the array overload over {z['array']:,} passages "
+              f"(`benchmarks/turns.py`{turned}): {alone}the array overload over "
+              f"{z['array']:,} passages "
               f"(`UPDATE … FROM`), `UPDATE … SET e = create_embeddings(…)` over "
               f"{z['rows']:,} rows, and {t['sessions']} pgbench sessions of one passage per "
               f"transaction for {z['seconds']} s. The ratios are taken within each round, so "
@@ -193,14 +196,23 @@ TURNS = {"runtime": ",.0f", "array": ",.0f", "row": ",.0f", "sessions": ",.0f",
 
 
 def turns_table(t: dict[str, Any]) -> str:
-    """Each round's rates and ratios, then the medians (benchmarks.turns)."""
+    """Each round's rates and ratios, then the medians (benchmarks.turns); the order the
+    round ran its paths in, where the run recorded it."""
+    orders = t.get("orders") or []
+    head = ["round", "runtime alone texts/s", "array call texts/s", "row by row rows/s",
+            f"{t['sessions']} sessions texts/s", "sessions' avg batch", "array / runtime",
+            "row / array", "sessions / array", "sessions / runtime"]
     rows = [[str(i + 1)] + [_f(r.get(c), fmt) for c, fmt in TURNS.items()]
             for i, r in enumerate(t["rounds"])]
     rows.append(["median"] + [_f(t["median"].get(c), fmt) for c, fmt in TURNS.items()])
-    return _table(["round", "runtime alone texts/s", "array call texts/s",
-                   "row by row rows/s", f"{t['sessions']} sessions texts/s",
-                   "sessions' avg batch", "array / runtime", "row / array", "sessions / array",
-                   "sessions / runtime"], rows)
+    if orders:
+        head.append("order")
+        for row, paths in zip(rows, [*orders, []], strict=True):
+            row.append(" → ".join(ORDER_NAMES.get(p, p) for p in paths))
+    return _table(head, rows)
+
+
+ORDER_NAMES = {"runtime": "alone", "array": "array", "row": "row", "sessions": "sessions"}
 
 
 def _vectorizer(r: dict[str, Any]) -> str:

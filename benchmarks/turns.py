@@ -6,8 +6,9 @@ so their ratios come from the same minute.
 This machine's speed drifts by up to 2x within minutes (weights.md), so a ratio of two
 such steps can be off by far more than the gap to a goal: in the run of 2026-12-01 the
 steps gave 8 sessions 0.86x the array call, while the same paths in turns gave 0.60x.
-Here each round runs the three paths one after the other, each ratio is taken within
-its round, and the figure reported is the median over the rounds. ``report.targets``
+Here each round runs the four paths one after the other, in an order turned by one
+each round, each ratio is taken within its round, and the figure reported is the median
+over the rounds. ``report.targets``
 uses these ratios for the goals on 8 sessions and on row by row.
 
     . .run/env && .venv/bin/python -m benchmarks.turns [--rounds 4] [--merge]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -38,6 +40,8 @@ FULL = {"rounds": 4, "array": 2000, "rows": 400, "seconds": 10}
 QUICK = {"rounds": 2, "array": 300, "rows": 60, "seconds": 3}
 # the ratios taken within each round (report.targets reads them as "a/b")
 RATIOS = (*sidebyside.RATIOS, ("array", "runtime"), ("sessions", "runtime"))
+# the paths of a round; the first round runs them in this order (see orders)
+PATHS = ("runtime", "array", "row", "sessions")
 
 
 class Landed:
@@ -53,6 +57,13 @@ class Landed:
         return sidebyside.batches(self.connect)
 
 
+def orders(rounds: int) -> list[list[str]]:
+    """The paths of each round, the order turned by one each round: over four rounds every
+    path runs once in every position, so no path always runs after the same neighbour or
+    in the same minute of a round."""
+    return [list(PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]) for i in range(rounds)]
+
+
 def run(passages: Sequence[str], quick: bool, rounds: int | None = None) -> dict[str, Any]:
     """Rounds of the runtime alone, array call, row by row and 8 sessions; medians, and
     ratios within rounds."""
@@ -60,22 +71,27 @@ def run(passages: Sequence[str], quick: bool, rounds: int | None = None) -> dict
     if rounds:
         sizes["rounds"] = rounds
     texts = list(passages[: max(sizes["array"], sizes["rows"])])
-    args = SimpleNamespace(paths=["array", "row", "sessions"], array=sizes["array"],
-                           rows=sizes["rows"], seconds=sizes["seconds"], single=0)
+    args = SimpleNamespace(array=sizes["array"], rows=sizes["rows"],
+                           seconds=sizes["seconds"], single=0)
     rt = Landed()
-    measured = []
+    measured, order = [], orders(sizes["rounds"])
     with sidebyside.docs_table(texts) as ndocs:
         # a warm-up that is not timed: the runtime's first runs after a start are slower
         sidebyside.measure(rt, SimpleNamespace(**{**vars(args), "paths": ["array"],
                                                   "array": min(200, sizes["array"])}),
                            ndocs, [])
-        for i in range(sizes["rounds"]):
-            # the runtime alone first (its own client, no SQL), then the SQL paths
-            alone = runtime.bulk(texts[: sizes["array"]])[1]["texts_per_s"]
-            measured.append({"runtime": alone, **sidebyside.measure(rt, args, ndocs, [])})
-            say(f"paths in turns, round {i + 1}: " + ", ".join(
-                f"{k} {v:,.2f}" for k, v in measured[-1].items()))
-    return {"sizes": sizes, "sessions": SESSIONS, "rounds": measured,
+        for i, paths in enumerate(order):
+            got: dict[str, float] = {}
+            for path in paths:
+                if path == "runtime":  # its own client, no SQL
+                    got["runtime"] = runtime.bulk(texts[: sizes["array"]])[1]["texts_per_s"]
+                else:
+                    got.update(sidebyside.STEPS[path](rt, args, ndocs, []))
+            got["load"] = os.getloadavg()[0]
+            measured.append(got)
+            say(f"paths in turns, round {i + 1} ({', '.join(paths)}): " + ", ".join(
+                f"{k} {v:,.2f}" for k, v in got.items()))
+    return {"sizes": sizes, "sessions": SESSIONS, "rounds": measured, "orders": order,
             "median": sidebyside.medians(measured, RATIOS),
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
