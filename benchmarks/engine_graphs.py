@@ -8,7 +8,7 @@ work folder:
   on int8 weights with one scale per 32 inputs of an output (``bits=8``).
 * ``fused_int8_graph``: the int8 graph with the query, key and value Linears as one
   integer matmul (then a Split), and each activation scale from ``ReduceMax(Abs(x))``
-  instead of ReduceMax, ReduceMin, Neg and Max. The same numbers as the store's
+  instead of ReduceMax, ReduceMin, Neg and Max. The same numbers as the store's int8
   graph with 96 fewer nodes: a test of whether ONNX Runtime's per-node cost matters.
 * ``skipln_int8_graph``: the fused graph with each residual Add and LayerNorm as one
   ``SkipLayerNormalization``.
@@ -58,7 +58,7 @@ def _builders() -> dict[str, type]:
     class NBits(bo._Builder):  # noqa: SLF001 - a measured direction, not a variant
         level, bits = 4, 4
 
-        def matmul(self, x: str, w: np.ndarray, hint: str) -> str:
+        def matmul(self, x: str, w: np.ndarray, hint: str, site: str | None = None) -> str:
             blobs, scales = q4_blocks(w) if self.bits == 4 else q8_blocks(w)
             return self.g.op("MatMulNBits", [x, self.g.const(hint + "_q", blobs),
                                              self.g.const(hint + "_s", scales)],
@@ -108,7 +108,7 @@ def _builders() -> dict[str, type]:
                 domain=bo.MS, epsilon=self.c.eps)
 
     class Int8Weights(bo._Builder):  # noqa: SLF001
-        def matmul(self, x: str, w: np.ndarray, hint: str) -> str:
+        def matmul(self, x: str, w: np.ndarray, hint: str, site: str | None = None) -> str:
             g = self.g
             wq, ws = quantize_weight(w)  # int8 [in, out], one scale per output
             deq = g.op("DequantizeLinear", [g.const(hint + "_wq", wq), g.const(hint + "_ws", ws),

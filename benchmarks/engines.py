@@ -10,6 +10,8 @@ measured in one process on the same texts, taking turns.
 * ``ort-int8-fused`` / ``ort-int8-skipln``: the int8 graph with 96 fewer nodes (one
   matmul for query, key and value; one reduction per activation scale), then also with
   ``SkipLayerNormalization`` (:mod:`benchmarks.engine_graphs`).
+* ``ort-int8-smooth``: the store's ``int8-smooth`` variant, the int8 graph with the
+  activations that come from a LayerNorm smoothed (:mod:`pglocalai.models.smoothing`).
 * ``openvino-bf16``: the runtime's bf16 engine (``--variant bf16``,
   :mod:`pglocalai.service.openvino_engine`): OpenVINO at bf16 on the fp32 encoder, one run
   per token length.
@@ -45,8 +47,8 @@ from benchmarks.common import MODEL_URI, OUT_DIR, in_turn, model_dir, say, write
 from pglocalai.service.engine import pad
 
 ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "ort-nbits8-int8",
-           "ort-int8-fused", "ort-int8-skipln", "openvino-bf16", "openvino-int8-dq",
-           "openvino-int8-dq-bf16")
+           "ort-int8-fused", "ort-int8-skipln", "ort-int8-smooth", "openvino-bf16",
+           "openvino-int8-dq", "openvino-int8-dq-bf16")
 SHORT, BATCH, LONG, SINGLES, ROUNDS = 512, 16, 6, 50, 5
 SPEED = ("short_texts_per_s", "long_texts_per_s", "single_p50_ms")
 PAD_ID = 1  # <pad> of the XLM-R vocabulary
@@ -141,6 +143,7 @@ def load(name: str) -> Run:
         "ort-nbits8-int8": lambda: _ort(engine_graphs.nbits_graph(4, bits=8)),
         "ort-int8-fused": lambda: _ort(engine_graphs.fused_int8_graph()),
         "ort-int8-skipln": lambda: _ort(engine_graphs.fused_int8_graph(skip_ln=True)),
+        "ort-int8-smooth": lambda: _ort(str(store / "model-int8-smooth.onnx")),
         "openvino-bf16": _openvino,
         "openvino-int8-dq": lambda: _openvino_graph(engine_graphs.openvino_int8_model(), "f32"),
         "openvino-int8-dq-bf16": lambda: _openvino_graph(engine_graphs.openvino_int8_model(),

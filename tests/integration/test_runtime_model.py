@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,17 +146,23 @@ def peak_rss(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
-@pytest.mark.runtime
-def test_the_bf16_variant_serves_when_asked_for(model_store: Path,
-                                                model_server: Runtime) -> None:
-    """``--variant bf16`` runs OpenVINO: close to int8, batch-invariant, and it says so."""
-    with Runtime(model=True, store=model_store, preload=E5, workers=2, variant="bf16") as rt:
+def served_by_variant(model_store: Path,
+                      variant: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """TEXTS embedded in one call and one by one by a runtime of ``variant``, and its stats."""
+    with Runtime(model=True, store=model_store, preload=E5, workers=2, variant=variant) as rt:
         rt.wait_healthy()
         with Client(rt.socket) as c:
             dim, raw = c.embed_raw(E5, TEXTS)
             one_by_one = np.concatenate([vectors(dim, c.embed_raw(E5, [t])[1]) for t in TEXTS])
             stats = c.stats()
-    got = vectors(dim, raw)
+    return vectors(dim, raw), one_by_one, stats
+
+
+@pytest.mark.runtime
+def test_the_bf16_variant_serves_when_asked_for(model_store: Path,
+                                                model_server: Runtime) -> None:
+    """``--variant bf16`` runs OpenVINO: close to int8, batch-invariant, and it says so."""
+    got, one_by_one, stats = served_by_variant(model_store, "bf16")
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, one_by_one, atol=1e-5, rtol=0)
     int8 = alone(model_server, TEXTS)
@@ -164,3 +171,18 @@ def test_the_bf16_variant_serves_when_asked_for(model_store: Path,
     assert model["variant"] == "bf16" and model["engine"].startswith("openvino ")
     assert model["variant_chosen_by"] == "--variant"
     assert stats["engine"]["variant_asked"] == "bf16"
+
+
+@pytest.mark.runtime
+def test_the_int8_smooth_variant_serves_when_asked_for(model_store: Path,
+                                                       model_server: Runtime) -> None:
+    """``--variant int8-smooth`` runs its own graph on ONNX Runtime: batch-invariant, close
+    to int8 but not the same vectors, and the stats say which variant runs."""
+    got, one_by_one, stats = served_by_variant(model_store, "int8-smooth")
+    np.testing.assert_allclose(got, one_by_one, atol=1e-5, rtol=0)
+    int8 = alone(model_server, TEXTS)
+    cos = (got * int8).sum(axis=1)
+    assert cos.min() >= 0.995 and not np.allclose(got, int8, atol=1e-5)
+    model = stats["models"][E5]
+    assert model["variant"] == "int8-smooth" and model["engine"].startswith("onnxruntime ")
+    assert model["variant_chosen_by"] == "--variant"

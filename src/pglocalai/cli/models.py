@@ -26,7 +26,7 @@ from pglocalai.errors import InvalidArgument, ModelStoreError, PglocalaiError
 from pglocalai.models.store import BUILTIN, ModelInfo, ModelStore, validate_uri
 
 DEFAULT_URI = BUILTIN[0]
-VARIANTS = ("fp32", "int8", "bf16")
+VARIANTS = ("fp32", "int8", "int8-smooth", "bf16")
 HF_VARIANTS = ("fp32", "int8")  # a Hugging Face folder: the ONNX Runtime graphs only
 
 
@@ -49,8 +49,8 @@ def add_model_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "or model.onnx / onnx/model.onnx")
     p.add_argument("--uri", dest="uri_opt", metavar="URI", help="URI to install --from-hf as")
     p.add_argument("--variants", default=None,
-                   help="comma-separated variants to build (default fp32,int8,bf16 for the "
-                        "built-in model, fp32,int8 with --from-hf)")
+                   help="comma-separated variants to build (default fp32,int8,int8-smooth,bf16 "
+                        "for the built-in model, fp32,int8 with --from-hf)")
     p.add_argument("--weights", choices=("auto", "safetensors", "onnx"), default="auto",
                    help="with --from-hf: which weights to use when both are present")
     p.add_argument("--force", action="store_true", help="replace an installed model")

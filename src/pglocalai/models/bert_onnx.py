@@ -18,7 +18,10 @@ Variants:
   padding in its batch; with per-token scales every number of a token depends on
   that token alone (integer accumulation is exact), which the IMMUTABLE SQL
   function needs, and the error is lower too. Attention, softmax, LayerNorm and
-  GELU (its tanh form) stay fp32.
+  GELU (its tanh form) stay fp32. With ``smooth`` (per-channel factors s for the
+  activations that come from a LayerNorm, see :mod:`pglocalai.models.smoothing`)
+  those are quantised as ``x / s`` against weights ``W * s``: the store's
+  ``int8-smooth`` variant.
 
 Both variants pass the padding mask to attention as an extra key dimension
 (see ``_Builder.attention``), which lets ONNX Runtime use its flash-attention
@@ -34,6 +37,7 @@ gathered rows are dequantised in the graph, which is exact and keeps the
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -104,7 +108,7 @@ class _Graph:
 
 class _Builder:
     def __init__(self, weights: dict[str, np.ndarray], config: BertConfig, variant: str,
-                 word_input: bool = False):
+                 word_input: bool = False, smooth: Mapping[str, np.ndarray] | None = None):
         if variant not in VARIANTS:
             raise ModelFormatError(f"unknown variant {variant!r}", hint=f"use one of {VARIANTS}")
         if config.act not in ("gelu", "relu"):
@@ -118,6 +122,9 @@ class _Builder:
         self.c = config
         self.variant = variant
         self.word_input = word_input
+        self.smooth = dict(smooth or {}) if variant == "int8" else {}
+        # the activation quantised at each smoothing site, before smoothing (calibration)
+        self.sites: dict[str, str] = {}
         self.g = _Graph()
 
     def f32(self, name: str) -> np.ndarray:
@@ -204,11 +211,28 @@ class _Builder:
                    domain=MS)
         return g.op("Mul", [acc, scale])
 
-    def matmul(self, x: str, w: np.ndarray, hint: str) -> str:
-        """x @ W^T (no bias) in the variant's arithmetic."""
+    def matmul(self, x: str, w: np.ndarray, hint: str, site: str | None = None) -> str:
+        """x @ W^T (no bias) in the variant's arithmetic; ``site``: x comes from a LayerNorm
+        (a smoothing site)."""
         if self.variant == "int8":
-            return self.qmatmul(self.quantize(x, w.shape[1]), w, hint)
+            return self.qmatmul(self.quantize(self.smoothed(x, site), w.shape[1]),
+                                self.smoothed_weight(w, site), hint)
         return self.g.op("MatMul", [x, self.g.const(hint + "_w", np.ascontiguousarray(w.T))])
+
+    def smoothed(self, x: str, site: str | None) -> str:
+        """x / s at a smoothing site (s a power of two: the division is exact)."""
+        if site is None:
+            return x
+        self.sites[site] = x
+        s = self.smooth.get(site)
+        if s is None:
+            return x
+        return self.g.op("Mul", [x, self.g.const(site + "_inv_s", (1 / s).astype(np.float32))])
+
+    def smoothed_weight(self, w: np.ndarray, site: str | None) -> np.ndarray:
+        """W [out, in] times s along its inputs, so that (x / s) W^T = x W^T."""
+        s = self.smooth.get(site or "")
+        return w if s is None else w * s[None, :]
 
     # -- encoder ------------------------------------------------------------------
     def layer(self, i: int, x: str) -> str:
@@ -216,7 +240,8 @@ class _Builder:
         ctx = self.attention(i, x)
         ao = self.matmul(ctx, self.f32(p + "attention.output.dense.weight"), f"l{i}_ao")
         x = self.add_ln(ao, x, p + "attention.output", f"l{i}_aln")
-        fi = self.matmul(x, self.f32(p + "intermediate.dense.weight"), f"l{i}_fi")
+        fi = self.matmul(x, self.f32(p + "intermediate.dense.weight"), f"l{i}_fi",
+                         site=f"l{i}_fi")
         fi_b = g.const(f"l{i}_fi_b", self.f32(p + "intermediate.dense.bias"))
         if c.act == "gelu":
             # int8: the tanh form (FastGelu) is within 5e-4 of the erf form, far below the
@@ -248,8 +273,9 @@ class _Builder:
                                  c.heads, 0.0)
         wv = self.f32(p + "value.weight")
         if self.variant == "int8":
-            xq = self.quantize(x, c.hidden)
-            q, k, v = (self.qmatmul(xq, w, f"l{i}_{n}")
+            site = f"l{i}_qkv"
+            xq = self.quantize(self.smoothed(x, site), c.hidden)
+            q, k, v = (self.qmatmul(xq, self.smoothed_weight(w, site), f"l{i}_{n}")
                        for n, w in zip("qkv", (wq, wk, wv), strict=True))
         else:
             q, k, v = (self.matmul(x, w, f"l{i}_{n}")
@@ -328,13 +354,26 @@ class _Builder:
 
 
 def build_bert_onnx(weights: dict[str, np.ndarray], config: BertConfig,
-                    variant: str, *, word_input: bool = False) -> onnx.ModelProto:
+                    variant: str, *, word_input: bool = False,
+                    smooth: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The sentence-embedding graph of a BERT encoder, in one of :data:`VARIANTS`.
 
     ``word_input``: the graph takes the rows of the word-embedding table as its first
     input, ``word_embeddings`` float32 [batch, seq, hidden], instead of ``input_ids``,
     and holds no table: for an engine that would widen the table to its own precision
     (OpenVINO's bf16 turns 4-bit blocks into bf16 and loses their f16 scales' precision).
+    ``smooth``: the int8 variant's smoothing factors by site (``l<i>_qkv``, ``l<i>_fi``).
     """
-    return _Builder(weights, config, variant, word_input).build()
+    return _Builder(weights, config, variant, word_input, smooth).build()
 
+
+def build_int8_probe(weights: dict[str, np.ndarray],
+                     config: BertConfig) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The int8 graph without smoothing, the activation at each smoothing site an extra
+    output: what calibration reads (:func:`pglocalai.models.smoothing.calibrate`).
+    Returns the graph and the output's name by site."""
+    builder = _Builder(weights, config, "int8")
+    model = builder.build()
+    for name in builder.sites.values():
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return model, dict(builder.sites)

