@@ -8,8 +8,8 @@ such steps can be off by far more than the gap to a goal: in the run of 2026-12-
 steps gave 8 sessions 0.86x the array call, while the same paths in turns gave 0.60x.
 Here each round runs the four paths one after the other, in an order turned by one
 each round, each ratio is taken within its round, and the figure reported is the median
-over the rounds. ``report.targets``
-uses these ratios for the goals on 8 sessions and on row by row.
+over the rounds. ``report.targets`` uses these ratios for the goals on 8 sessions and on
+row by row.
 
     . .run/env && .venv/bin/python -m benchmarks.turns [--rounds 4] [--merge]
 
