@@ -208,11 +208,9 @@ def turns_table(t: dict[str, Any]) -> str:
     if orders:
         head.append("order")
         for row, paths in zip(rows, [*orders, []], strict=True):
-            row.append(" → ".join(ORDER_NAMES.get(p, p) for p in paths))
+            row.append(" → ".join("alone" if p == "runtime" else p for p in paths))
     return _table(head, rows)
 
-
-ORDER_NAMES = {"runtime": "alone", "array": "array", "row": "row", "sessions": "sessions"}
 
 
 def _vectorizer(r: dict[str, Any]) -> str:

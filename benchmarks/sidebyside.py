@@ -184,18 +184,19 @@ def _single(rt: Reached, args: argparse.Namespace, ndocs: int,
     return {"single_p50_ms": statistics.median(lat) * 1000.0}
 
 
+Step = Callable[[Reached, argparse.Namespace, int, Sequence[str]], dict[str, float]]
 # each path's step; a round runs them in the order asked for
-STEPS: dict[str, Callable[[Reached, argparse.Namespace, int, Sequence[str]],
-                          dict[str, float]]] = {
-    "array": _array, "row": _row, "sessions": _sessions, "single": _single}
+STEPS: dict[str, Step] = {"array": _array, "row": _row, "sessions": _sessions,
+                          "single": _single}
 
 
-def measure(rt: Reached, args: argparse.Namespace, ndocs: int,
-            queries: Sequence[str]) -> dict[str, float]:
-    """One round of the paths in ``args.paths``, in that order, on one runtime."""
+def measure(rt: Reached, args: argparse.Namespace, ndocs: int, queries: Sequence[str],
+            steps: dict[str, Step] | None = None) -> dict[str, float]:
+    """One round of the paths in ``args.paths``, in that order, on one runtime; ``steps``
+    replaces :data:`STEPS` (benchmarks.turns adds the runtime alone)."""
     out: dict[str, float] = {}
     for path in args.paths:
-        out.update(STEPS[path](rt, args, ndocs, queries))
+        out.update((steps or STEPS)[path](rt, args, ndocs, queries))
     out["load"] = os.getloadavg()[0]
     return out
 

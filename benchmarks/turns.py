@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -73,21 +72,18 @@ def run(passages: Sequence[str], quick: bool, rounds: int | None = None) -> dict
     texts = list(passages[: max(sizes["array"], sizes["rows"])])
     args = SimpleNamespace(array=sizes["array"], rows=sizes["rows"],
                            seconds=sizes["seconds"], single=0)
+    steps = {**sidebyside.STEPS,  # and the runtime alone: its own client, no SQL
+             "runtime": lambda *_: {"runtime": runtime.bulk(
+                 texts[: sizes["array"]])[1]["texts_per_s"]}}
     rt = Landed()
     measured, order = [], orders(sizes["rounds"])
     with sidebyside.docs_table(texts) as ndocs:
         # a warm-up that is not timed: the runtime's first runs after a start are slower
-        sidebyside.measure(rt, SimpleNamespace(**{**vars(args), "paths": ["array"],
-                                                  "array": min(200, sizes["array"])}),
-                           ndocs, [])
+        sidebyside.STEPS["array"](rt, SimpleNamespace(**{**vars(args), "array": min(
+            200, sizes["array"])}), ndocs, [])
         for i, paths in enumerate(order):
-            got: dict[str, float] = {}
-            for path in paths:
-                if path == "runtime":  # its own client, no SQL
-                    got["runtime"] = runtime.bulk(texts[: sizes["array"]])[1]["texts_per_s"]
-                else:
-                    got.update(sidebyside.STEPS[path](rt, args, ndocs, []))
-            got["load"] = os.getloadavg()[0]
+            got = sidebyside.measure(rt, SimpleNamespace(**vars(args), paths=paths), ndocs, [],
+                                     steps)
             measured.append(got)
             say(f"paths in turns, round {i + 1} ({', '.join(paths)}): " + ", ".join(
                 f"{k} {v:,.2f}" for k, v in got.items()))
