@@ -31,6 +31,7 @@ from pglocalai.errors import (
 )
 from pglocalai.protocol import Frame, Kind
 from pglocalai.service import connection, manager
+from pglocalai.service.handlers import Deadline
 from pglocalai.testing.fake_engine import FakeCatalog, FakeTokenizer
 
 TINY = "fake-tiny:v1"
@@ -58,6 +59,19 @@ class GatedCatalog(FakeCatalog):
         if self.slow_store and threading.current_thread().name.startswith("asyncio"):
             self.gate.wait(120)  # in the thread that reads the store, not on the event loop
         return super().spec(uri)
+
+
+def test_a_timeout_names_the_request_s_own_timeout_ms() -> None:
+    """A wait inside the runtime (a model load, a setting change) is given what is left of
+    the request's time, 98 ms of 100 when the frame waited 2 ms (CI saw "timed out after
+    98 ms"); the answer names the 100 ms the client asked for, and keeps what waited."""
+    deadline = Deadline(100, arrived=time.monotonic() - 0.002)
+    inner = RequestTimeout("request timed out after 98 ms", detail="model was still loading",
+                           hint="try later")
+    said = deadline.restate(inner)
+    assert (said.message, said.detail, said.hint) == (
+        "request timed out after 100 ms", "model was still loading", "try later")
+    assert Deadline(None).restate(inner) is inner
 
 
 def test_every_kind_that_waits_answers_timeout_at_its_deadline() -> None:

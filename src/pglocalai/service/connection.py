@@ -40,6 +40,7 @@ from pglocalai.errors import (
     InferenceFailed,
     PglocalaiError,
     ProtocolError,
+    RequestTimeout,
 )
 from pglocalai.protocol import Frame, Kind
 from pglocalai.service.engine import release_free_memory
@@ -227,6 +228,9 @@ class Connection(asyncio.Protocol):
     async def serve(self, handle: object, frame: Frame, deadline: Deadline) -> None:
         try:
             reply = await handle(self.server, frame, deadline)  # type: ignore[operator]
+        except RequestTimeout as exc:
+            reply = error_frame(frame.request_id, deadline.restate(exc))
+            _forget_frames(exc)
         except PglocalaiError as exc:
             reply = error_frame(frame.request_id, exc)
             _forget_frames(exc)

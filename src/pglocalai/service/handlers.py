@@ -63,9 +63,14 @@ class Deadline:
         left = self.left()
         return None if left is None else max(1, int(left * 1000))
 
-    def error(self, detail: str | None = None) -> RequestTimeout:
+    def error(self, detail: str | None = None, hint: str | None = None) -> RequestTimeout:
         return RequestTimeout(f"request timed out after {self.timeout_ms} ms", detail=detail,
-                              hint="raise timeout_ms, or send less per call")
+                              hint=hint or "raise timeout_ms, or send less per call")
+
+    def restate(self, exc: RequestTimeout) -> RequestTimeout:
+        """``exc`` naming this request's timeout_ms: the waits it passed through (a model
+        load, the queue, a setting change) only knew what was left of it."""
+        return exc if self.timeout_ms is None else self.error(exc.detail, exc.hint)
 
     async def run(self, work: Awaitable[_T], waiting_for: str) -> _T:
         """``await work``, cancelled with RequestTimeout when the deadline passes."""
