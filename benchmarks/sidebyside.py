@@ -163,7 +163,7 @@ def _row(rt: Reached, args: argparse.Namespace, ndocs: int,
 def _sessions(rt: Reached, args: argparse.Namespace, ndocs: int,
               queries: Sequence[str]) -> dict[str, float]:
     before = rt.batches()
-    out = {"sessions": texts_per_s(TABLE, SESSIONS, args.seconds, ndocs, rt.socket)}
+    out = {"sessions": texts_per_s(TABLE, args.sessions, args.seconds, ndocs, rt.socket)}
     after = rt.batches()
     if after[0] > before[0]:
         out["avg_batch"] = (after[1] - before[1]) / (after[0] - before[0])
@@ -263,6 +263,8 @@ def main() -> None:
     p.add_argument("--array", type=int, default=1000, help="rows of the array call")
     p.add_argument("--rows", type=int, default=400, help="rows updated row by row")
     p.add_argument("--seconds", type=int, default=8, help="pgbench seconds per round")
+    p.add_argument("--sessions", type=int, default=SESSIONS,
+                   help="pgbench sessions of the sessions path")
     p.add_argument("--single", type=int, default=200, help="single-text queries per round")
     p.add_argument("--models-dir", help="model store of the runtimes (default: the one "
                    "the benchmarks use)")

@@ -71,7 +71,8 @@ def run(passages: Sequence[str], quick: bool, rounds: int | None = None) -> dict
         sizes["rounds"] = rounds
     texts = list(passages[: max(sizes["array"], sizes["rows"])])
     args = SimpleNamespace(array=sizes["array"], rows=sizes["rows"],
-                           seconds=sizes["seconds"], single=0)
+                           seconds=sizes["seconds"], single=0,
+                           sessions=sidebyside.SESSIONS)
     steps = {**sidebyside.STEPS,  # and the runtime alone: its own client, no SQL
              "runtime": lambda *_: {"runtime": runtime.bulk(
                  texts[: sizes["array"]])[1]["texts_per_s"]}}

@@ -4,12 +4,14 @@ a short text gets them only when it is solo on cores other processes leave free.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
 import pytest
 from test_batching import SPEC, FixedLoad, unbatched, with_queue
 
+from pglocalai.errors import RequestTimeout
 from pglocalai.service.batching import SOLO_WINDOW, WIDE_MIN_TOKENS, ModelQueue
 from pglocalai.service.cpu_load import INTERVAL, CpuLoad
 from pglocalai.service.engine import wide_threads
@@ -89,6 +91,32 @@ def test_a_short_text_runs_wide_when_solo_on_free_cores() -> None:
     out = with_queue(main, engine, workers=2, cpu_load=FixedLoad(2.0))
     assert engine.wide == 2
     np.testing.assert_array_equal(out, unbatched(engine, ["query: one", "query: two"]))
+
+
+def test_only_a_solo_run_runs_on_the_event_loop_thread() -> None:
+    engine = wide_engine()
+    loop_thread = threading.get_ident()  # with_queue runs the loop in this thread
+
+    async def main(q: ModelQueue) -> None:
+        await q.embed(["query: solo"], None)  # solo: on the loop's thread
+        await q.embed(LONG, None)  # alone but long: wide, on a worker thread
+        await asyncio.gather(q.embed(["query: a"], None), q.embed(["query: b"], None))
+
+    with_queue(main, engine, workers=2, cpu_load=FixedLoad(2.0))
+    assert engine.run_threads[0] == loop_thread
+    assert engine.runs >= 3 and loop_thread not in engine.run_threads[1:]
+
+
+def test_a_deadline_that_passes_during_a_solo_run_is_honoured() -> None:
+    engine = wide_engine(delay_ms=60)
+
+    async def main(q: ModelQueue) -> None:
+        with pytest.raises(RequestTimeout, match="after 20 ms"):
+            await q.embed(["query: late"], 20)  # its timer cannot fire while the loop runs it
+        assert q.open == 0 and q.depth == 0
+
+    with_queue(main, engine, workers=2, cpu_load=FixedLoad(2.0))
+    assert engine.wide == 1  # it did run solo, and wide
 
 
 def test_a_short_text_runs_narrow_on_cores_another_process_holds() -> None:

@@ -30,7 +30,12 @@ the backend. For one model::
   A short batch (under ``WIDE_MIN_TOKENS`` padded tokens) runs wide only *solo*: no
   two requests were open at once in the last ``SOLO_WINDOW`` seconds (one session
   calling one text at a time: a query, a row-by-row UPDATE) and other processes
-  left the cores free (:mod:`~pglocalai.service.cpu_load`).
+  left the cores free (:mod:`~pglocalai.service.cpu_load`). Such a solo run runs on the
+  event loop's own thread: handing it to a worker thread and the result back took
+  ~0.5-1 ms of a 3-5 ms run on this VM (waking an idle thread is slow there), and the
+  loop has nothing to do meanwhile (the run holds every thread, no other request is
+  open). It blocks the loop for one short run at most; a deadline that passed during it
+  is honoured as if its timer had fired.
   A text's vector is the same on either session (``tests/model/test_thread_invariance.py``).
 * Rows are scattered back into each request's own output array at the text's
   input index, so results are in input order whatever the batch order was.
@@ -80,6 +85,10 @@ WIDE_MIN_TOKENS = 128
 SOLO_WINDOW = 0.25
 # ... and only while other processes leave this much of the wide run's cores free
 SOLO_SPARE_CORES = 0.5
+
+# where a batch runs: a worker's one-thread session, the wide session from a worker
+# thread, or the wide session on the event loop's thread (a short solo batch)
+NARROW, WIDE, SOLO = "narrow", "wide", "solo"
 
 
 class ModelQueue:
@@ -248,12 +257,13 @@ class ModelQueue:
             batch = self._take()
             if not batch:
                 continue
-            wide = self._goes_wide(batch)
+            place = self._place(batch)
+            wide = place != NARROW
             if wide:
                 self._narrow_ok.clear()
                 self.wide += 1
             try:
-                await self._run(batch, index, wide)
+                await self._run(batch, index, place)
             except Exception as exc:  # noqa: BLE001 - a worker never dies silently
                 log.error("worker_error", model=self.uri, worker=index, error=str(exc),
                           exc_info=True)
@@ -262,23 +272,24 @@ class ModelQueue:
                 if wide:
                     self._narrow_ok.set()
 
-    def _goes_wide(self, batch: list[Item]) -> bool:
-        """Alone (no run in flight, nothing left waiting) and either long enough to gain
-        from all the threads, or solo on cores other processes leave free."""
+    def _place(self, batch: list[Item]) -> str:
+        """WIDE when alone (no run in flight, nothing left waiting) and long enough to
+        gain from all the threads; SOLO when alone, short and solo on cores other
+        processes leave free; else NARROW."""
         if self.running or self._backlog.queued or self.arriving:
-            return False
+            return NARROW
         threads = getattr(self.engine, "wide_threads", 0)
         if not threads:
-            return False
+            return NARROW
         if len(batch) * max(it.length for it in batch) >= WIDE_MIN_TOKENS:
-            return True
+            return WIDE
         if self._loop.time() < self._crowded_until:
-            return False
+            return NARROW
         free = self._cpu_load.free_cores()
         if free is None or free < threads - SOLO_SPARE_CORES:
-            return False
+            return NARROW
         self.solo_wide += 1
-        return True
+        return SOLO
 
     async def _wait_for_arrivals(self) -> None:
         """Let requests that are being tokenised right now join this batch."""
@@ -303,14 +314,19 @@ class ModelQueue:
             self._backlog.put_back(rest)
         return batch
 
-    async def _run(self, batch: list[Item], worker: int, wide: bool = False) -> None:
+    async def _run(self, batch: list[Item], worker: int, place: str = NARROW) -> None:
         self.running += 1
         try:
             try:
                 started = time.perf_counter()
                 ids = [it.ids for it in batch]
-                args = (ids, worker, True) if wide else (ids, worker)  # engines without wide
-                vectors = await self._loop.run_in_executor(self._run_pool, self.engine.run, *args)
+                # engines without a wide session take no third argument
+                args = (ids, worker) if place == NARROW else (ids, worker, True)
+                if place == SOLO:
+                    vectors = self.engine.run(*args)  # on this thread: see the module docstring
+                else:
+                    vectors = await self._loop.run_in_executor(self._run_pool, self.engine.run,
+                                                               *args)
                 self._scatter(batch, vectors, time.perf_counter() - started)
             except Exception as exc:  # noqa: BLE001 - isolated below, never kills the worker
                 await self._isolate_failure(batch, exc, worker)
@@ -323,8 +339,11 @@ class ModelQueue:
                                   f"{(len(batch), self.dim)}")
         lengths = [it.length for it in batch]
         self.stats.record_batch(len(batch), sum(lengths), max(lengths), seconds)
+        now = self._loop.time()
         for item, row in zip(batch, vectors, strict=True):
             req = item.req
+            if req.timer is not None and req.timer.when() <= now:
+                self._expire(req)  # its timer could not fire while a solo run held the loop
             if req.future.done():
                 continue
             req.out[item.index] = row

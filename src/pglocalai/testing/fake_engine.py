@@ -74,6 +74,7 @@ class FakeEngine:
         self.wide = 0
         self.overlaps = 0  # runs started alongside a wide run (the queue must prevent it)
         self.most_in_flight = 0
+        self.run_threads: list[int] = []  # the thread each run ran on, in order
         self._flight: list[bool] = []  # wide flag of each run in flight
         self._lock = threading.Lock()
 
@@ -87,6 +88,7 @@ class FakeEngine:
             wide: bool = False) -> np.ndarray:
         with self._lock:
             self.runs += 1
+            self.run_threads.append(threading.get_ident())
             self.wide += wide
             self.overlaps += bool(self._flight) and (wide or any(self._flight))
             self._flight.append(wide)
