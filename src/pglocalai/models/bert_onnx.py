@@ -63,6 +63,16 @@ MASK_BIAS = -10000.0
 WORD_INPUT = "word_embeddings"
 # keeps a per-token scale above 0 for an all-zero row
 TINY = 1e-30
+# where the int8 graph may smooth an activation (pglocalai.models.smoothing), per layer:
+# the input of the query/key/value Linears and that of the FFN's first Linear
+SMOOTHING_KINDS = ("qkv", "fi")
+
+
+def smoothing_site(layer: int, kind: str) -> str:
+    """The name of a smoothing site, as the factors file keys it: ``l<layer>_<kind>``."""
+    return f"l{layer}_{kind}"
+
+
 def _extra_head_dim(w: np.ndarray, b: np.ndarray, heads: int,
                     value: float) -> tuple[np.ndarray, np.ndarray]:
     """A Linear [H, in] whose every head gets one more output: weight 0, bias ``value``."""
@@ -241,7 +251,7 @@ class _Builder:
         ao = self.matmul(ctx, self.f32(p + "attention.output.dense.weight"), f"l{i}_ao")
         x = self.add_ln(ao, x, p + "attention.output", f"l{i}_aln")
         fi = self.matmul(x, self.f32(p + "intermediate.dense.weight"), f"l{i}_fi",
-                         site=f"l{i}_fi")
+                         site=smoothing_site(i, "fi"))
         fi_b = g.const(f"l{i}_fi_b", self.f32(p + "intermediate.dense.bias"))
         if c.act == "gelu":
             # int8: the tanh form (FastGelu) is within 5e-4 of the erf form, far below the
@@ -273,7 +283,7 @@ class _Builder:
                                  c.heads, 0.0)
         wv = self.f32(p + "value.weight")
         if self.variant == "int8":
-            site = f"l{i}_qkv"
+            site = smoothing_site(i, "qkv")
             xq = self.quantize(self.smoothed(x, site), c.hidden)
             q, k, v = (self.qmatmul(xq, self.smoothed_weight(w, site), f"l{i}_{n}")
                        for n, w in zip("qkv", (wq, wk, wv), strict=True))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pglocalai.models.bert_onnx import SMOOTHING_KINDS, build_int8_probe, smoothing_site
 from pglocalai.models.bert_weights import BertConfig
 
 FILE = Path(__file__).with_name("e5-small-smoothing.npz")
@@ -38,7 +39,7 @@ LOWEST, HIGHEST = -7, 10
 
 def site_names(layers: int) -> list[str]:
     """The smoothing sites in graph order: ``l<i>_qkv`` and ``l<i>_fi`` of each layer."""
-    return [f"l{i}_{kind}" for i in range(layers) for kind in ("qkv", "fi")]
+    return [smoothing_site(i, kind) for i in range(layers) for kind in SMOOTHING_KINDS]
 
 
 def site_weights(site: str) -> list[str]:
@@ -55,8 +56,6 @@ def calibrate(weights: dict[str, np.ndarray], config: BertConfig,
     """max |x_j| per site and channel over ``texts`` (token ids, one array a text), read
     from the int8 graph without smoothing."""
     import onnxruntime as ort  # noqa: PLC0415
-
-    from pglocalai.models.bert_onnx import build_int8_probe  # noqa: PLC0415
 
     model, outputs = build_int8_probe(weights, config)
     opts = ort.SessionOptions()
