@@ -12,6 +12,9 @@ behaviour and memory stays bounded however long the runtime runs.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -100,7 +103,7 @@ class Stats:
         return round(time.monotonic() - self.started, 3)
 
     def snapshot(self, queue_depths: dict[str, int]) -> dict[str, Any]:
-        """The STATS reply: per model, totals, uptime and resident memory."""
+        """The STATS reply: per model, totals, uptime, resident memory and the C heap."""
         models = {uri: s.snapshot(queue_depths.get(uri, 0)) for uri, s in self.models.items()}
         totals: dict[str, Any] = {name: sum(m[name] for m in models.values())
                                   for name in COUNTERS}
@@ -112,7 +115,7 @@ class Stats:
         for s in self.models.values():
             merged.extend(s.latencies)
         totals["latency_ms"] = percentiles(merged)
-        return {"uptime_s": self.uptime(), "rss_bytes": rss_bytes(),
+        return {"uptime_s": self.uptime(), "rss_bytes": rss_bytes(), **heap_bytes(),
                 "connections_open": self.connections_open,
                 "connections_opened": self.connections_opened, "bad_frames": self.bad_frames,
                 "models": models, "totals": totals}
@@ -125,3 +128,38 @@ def rss_bytes() -> int:
         return int(psutil.Process().memory_info().rss)
     except Exception:  # noqa: BLE001 - stats must never fail a request
         return 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> object | None:
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc 2.33 and later
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    fn.argtypes = []
+    return fn
+
+
+def heap_bytes() -> dict[str, int]:
+    """What is allocated now, as leak witnesses sharper than RSS: ``heap_in_use_bytes``
+    (glibc's malloc: allocated and not freed, mapped chunks included), ``heap_free_bytes``
+    (freed but kept by it) and ``python_blocks`` (Python's small-object allocator, which
+    takes its arenas outside malloc).
+
+    RSS keeps memory that was freed but not given back, so a small leak can hide in it for
+    a long time; these show it at once. The malloc figures are left out without glibc.
+    """
+    out = {"python_blocks": sys.getallocatedblocks()}
+    fn = _mallinfo2()
+    if fn is not None:
+        info = fn()  # type: ignore[operator]
+        out["heap_in_use_bytes"] = int(info.uordblks + info.hblkhd)
+        out["heap_free_bytes"] = int(info.fordblks)
+    return out
