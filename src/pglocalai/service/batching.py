@@ -31,8 +31,8 @@ the backend. For one model::
   two requests were open at once in the last ``SOLO_WINDOW`` seconds (one session
   calling one text at a time: a query, a row-by-row UPDATE) and other processes
   left the cores free (:mod:`~pglocalai.service.cpu_load`). Such a solo run runs on the
-  event loop's own thread: handing it to a worker thread and the result back took
-  ~0.5-1 ms of a 3-5 ms run on this VM (waking an idle thread is slow there), and the
+  event loop's own thread: handing it to a worker thread and the result back cost about
+  1 ms a call on this VM (waking an idle thread is slow there; docs/runtime.md), and the
   loop has nothing to do meanwhile (the run holds every thread, no other request is
   open). It blocks the loop for one short run at most; a deadline that passed during it
   is honoured as if its timer had fired.
