@@ -212,7 +212,6 @@ def turns_table(t: dict[str, Any]) -> str:
     return _table(head, rows)
 
 
-
 def _vectorizer(r: dict[str, Any]) -> str:
     v = r.get("vectorizer")
     marks = vectorizer_targets(v)

