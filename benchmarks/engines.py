@@ -44,6 +44,7 @@ import numpy as np
 
 from benchmarks import engine_graphs, machine
 from benchmarks.common import MODEL_URI, OUT_DIR, in_turn, model_dir, say, write_page
+from pglocalai.models.onnx_session import session_options
 from pglocalai.service.engine import pad
 
 ENGINES = ("ort-int8", "ort-fp32", "ort-nbits-int8", "ort-nbits-fp32", "ort-nbits8-int8",
@@ -59,8 +60,7 @@ def _ort(path: str) -> Run:
     import onnxruntime as ort  # noqa: PLC0415
 
     def session(threads: int) -> Any:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts = session_options(threads)  # as the runtime: exact int8 on every CPU
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

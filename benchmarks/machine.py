@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from benchmarks.common import REPO
+from pglocalai.models.onnx_session import session_options
 from pglocalai.service.cpu import cpuinfo_fields
 
 
@@ -155,8 +156,7 @@ def measured_gemm(threads: int, m: int = 2048, k: int = 1536, n: int = 1536,
             [helper.make_tensor_value_info("x", xtype, [m, k])],
             [helper.make_tensor_value_info("y", ytype, [m, n])], [numpy_helper.from_array(w, "w")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
+        so = session_options(threads)  # the int8 kernel the runtime gets on this CPU
         sess = ort.InferenceSession(model.SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
         sess.run(None, {"x": x})

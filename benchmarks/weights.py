@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks import machine
 from benchmarks.common import OUT_DIR, in_turn, model_dir, say, write_page
 from benchmarks.machine import E5_SMALL
+from pglocalai.models.onnx_session import session_options
 
 TOKENS = 25  # a short passage, the benchmark corpus's typical length
 TEXTS = (1, 2, 4, 16)
@@ -41,8 +42,7 @@ WHOLE = "whole int8 graph"
 def _session(model: Any) -> Any:
     import onnxruntime as ort  # noqa: PLC0415
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts = session_options(threads=1)  # as the runtime: exact int8 on every CPU
     opts.log_severity_level = 3
     data = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

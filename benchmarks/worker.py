@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import percentiles, proc_memory, write_json
+from pglocalai.models.onnx_session import session_options
 
 
 def _load_texts(path: str) -> list[str]:
@@ -68,8 +69,7 @@ class OrtEmbedder:
         self.tok = Tokenizer.from_file(str(model_dir / meta.get("tokenizer", "tokenizer.json")))
         self.tok.no_padding()
         self.tok.enable_truncation(self.max_tokens)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
+        so = session_options(threads)  # as the runtime: exact int8 on every CPU
         so.inter_op_num_threads = 1
         if profile:
             so.enable_profiling = True

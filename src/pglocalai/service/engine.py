@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pglocalai.errors import ModelFormatError
+from pglocalai.models.onnx_session import session_options
 from pglocalai.service import pooling, reading
 
 if TYPE_CHECKING:
@@ -189,9 +190,8 @@ def _session(path: str, settings: dict[str, Any], threads: int,
     """A CPU session with ``threads`` intra-op threads, on the shared weights if given."""
     import onnxruntime as ort  # noqa: PLC0415
 
-    opts = ort.SessionOptions()
+    opts = session_options(threads)  # exact int8 on every CPU (pglocalai.models.onnx_session)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
     inter = int(settings["inter_op_parallelism"])
     opts.inter_op_num_threads = inter
     opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if inter > 1
