@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.service.engine import Engine, ModelSpec, OnnxEngine, release_free_memory
+from pglocalai.service.engine import Engine, ModelSpec, OnnxEngine
+from pglocalai.service.heap import release_free_memory
 
 
 class Catalog(Protocol):

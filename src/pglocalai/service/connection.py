@@ -43,8 +43,8 @@ from pglocalai.errors import (
     RequestTimeout,
 )
 from pglocalai.protocol import Frame, Kind
-from pglocalai.service.engine import release_free_memory
 from pglocalai.service.handlers import HANDLERS, Deadline
+from pglocalai.service.heap import release_free_memory
 from pglocalai.service.logs import get_logger
 
 if TYPE_CHECKING:

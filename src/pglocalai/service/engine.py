@@ -18,11 +18,10 @@ the session it began with and the next batch uses the new one.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +30,7 @@ import numpy as np
 from pglocalai.errors import ModelFormatError
 from pglocalai.models.onnx_session import session_options
 from pglocalai.service import pooling, reading
+from pglocalai.service.heap import release_free_memory
 
 if TYPE_CHECKING:
     from pglocalai.service.reading import TextTokenizer
@@ -278,11 +278,3 @@ def _shared_weights(model: Any) -> Weights:
               for t in model.graph.initializer if t.name not in packed}
     # the OrtValues point into the arrays: the engine keeps both for life
     return arrays, {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
-
-
-def release_free_memory() -> None:
-    """Hand the heap that loading freed (JSON, protobuf) back to the system (glibc only)."""
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-

@@ -35,6 +35,7 @@ from pglocalai.errors import ModelFormatError
 from pglocalai.models.bert_onnx import WORD_INPUT
 from pglocalai.models.word_table import WordTable
 from pglocalai.service import engine as base
+from pglocalai.service.heap import release_free_memory
 
 # token lengths of the self-check: one token, short, past 16 (where the NaN of the
 # attention snippets began), long; its texts are random tokens, which found that NaN
@@ -104,7 +105,7 @@ class OpenVinoEngine:
                                    f"variant {self.variant}", detail=str(exc)) from None
         del model
         self._run = (request, threading.Lock())  # one assignment: a run in flight keeps its own
-        base.release_free_memory()
+        release_free_memory()
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         return base.tokenize(self, texts)

@@ -12,8 +12,6 @@ behaviour and memory stays bounded however long the runtime runs.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
 import sys
 import time
 from collections import deque
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pglocalai.errors import Overloaded, RequestTimeout
+from pglocalai.service import heap
 
 WINDOW = 4096
 COUNTERS = ("requests", "texts", "tokens", "padded_tokens", "batches", "batched_texts",
@@ -130,23 +129,6 @@ def rss_bytes() -> int:
         return 0
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
-@functools.cache
-def _mallinfo2() -> object | None:
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc 2.33 and later
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    fn.argtypes = []
-    return fn
-
-
 def heap_bytes() -> dict[str, int]:
     """What is allocated now, as leak witnesses sharper than RSS: ``heap_in_use_bytes``
     (glibc's malloc: allocated and not freed, mapped chunks included), ``heap_free_bytes``
@@ -156,10 +138,4 @@ def heap_bytes() -> dict[str, int]:
     RSS keeps memory that was freed but not given back, so a small leak can hide in it for
     a long time; these show it at once. The malloc figures are left out without glibc.
     """
-    out = {"python_blocks": sys.getallocatedblocks()}
-    fn = _mallinfo2()
-    if fn is not None:
-        info = fn()  # type: ignore[operator]
-        out["heap_in_use_bytes"] = int(info.uordblks + info.hblkhd)
-        out["heap_free_bytes"] = int(info.fordblks)
-    return out
+    return {"python_blocks": sys.getallocatedblocks(), **heap.malloc_bytes()}
