@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -143,13 +144,17 @@ def private_runtime(name: str, *flags: str, timeout: float = 180.0,
 
     ``env`` is added to the environment (e.g. PYTHONPATH for the previous version's code).
     """
-    state = WORK_DIR / name
-    shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    logs = WORK_DIR / name
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    # state and socket in a folder the server's user can reach when SQL goes through this
+    # runtime: not under the checkout, which may sit in a private home folder
+    state = Path(tempfile.mkdtemp(prefix=f"pglocalai-bench-{name}-"))
+    state.chmod(0o755)
     sock = str(state / "rt" / "s.sock")
     cmd = [sys.executable, "-m", "pglocalai.cli.main", "serve", "--socket", sock,
            "--state-dir", str(state), "--preload", MODEL_URI, "--log-file",
-           str(state / "runtime.log"), *flags]
+           str(logs / "runtime.log"), *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     try:
@@ -172,6 +177,7 @@ def private_runtime(name: str, *flags: str, timeout: float = 180.0,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def variant_memory(variant: str, sample: Sequence[str]) -> dict[str, Any]:
