@@ -350,6 +350,7 @@ def test_runtime_stats_name_the_engine_variant_and_cpu(pg_db: dict[str, str]) ->
     assert model["variant"] == meta["variant"]
     assert isinstance(model["wide_runs"], int)
     assert 0 <= model["solo_wide_runs"] <= model["wide_runs"]
+    assert model.get("int8_exact") is (True if "int8" in meta["variant"] else None)
     assert model["engine"].split()[0] in ("onnxruntime", "openvino") and model["engine"].split()[1]
     assert model["variant_chosen_by"] in ("--variant", "the model's default_variant")
     engine = stats["engine"]

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.models.onnx_session import session_options
+from pglocalai.models.onnx_session import int8_sums_exact, session_options, weights_as_uint8
 from pglocalai.service import pooling, reading
+from pglocalai.service.cpu import cpu_features
 from pglocalai.service.heap import release_free_memory
 
 if TYPE_CHECKING:
@@ -130,6 +131,9 @@ class OnnxEngine:
         self._weights: Weights | None = None
         self._sessions: tuple[list[Any], Any] = ([], None)
         self.configure(settings, workers)
+        # where the graph has integer matmuls: are their sums exact on this CPU (they are
+        # unless ONNX Runtime ignores the option that makes them so; runtime_stats shows it)
+        self.int8_exact = int8_sums_exact() if "int8" in variant else None
         # the tokenizer after the sessions: loading the graph peaks ~75 MB above where it
         # ends, and that peak is lower without the tokenizer's ~80 MB already resident
         from pglocalai.service.tokenizer import load_tokenizer  # noqa: PLC0415 - heavy
@@ -235,6 +239,8 @@ def _session_graph(path: str, share: bool,
     import onnx  # noqa: PLC0415 - heavy
 
     model = onnx.load(path)
+    if cpu_features()["int8_kernel"] == "u8u8":
+        weights_as_uint8(model)  # what the exact-int8 option does, once instead of per session
     weights = weights or _shared_weights(model)
     with ExitStack() as cleanup:
         try:

@@ -155,6 +155,9 @@ def stats(server: RuntimeState, frame: Frame, deadline: Deadline) -> Frame:
             model["variant_chosen_by"] = getattr(queue.engine, "chosen_by", "")
             model["wide_runs"] = queue.wide
             model["solo_wide_runs"] = queue.solo_wide
+            exact = getattr(queue.engine, "int8_exact", None)
+            if exact is not None:
+                model["int8_exact"] = exact
     snap["engine"] = {"cpu": cpu_features(),
                       "variant_asked": server.config.variant or "default"}
     return Frame(Kind.RESULT, frame.request_id, snap)

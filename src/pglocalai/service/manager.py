@@ -122,6 +122,11 @@ class ModelManager:
             log.info("model_loaded", model=uri, variant=engine.variant,
                      tokenizer=getattr(engine, "tokenizer", None),
                      seconds=round(time.perf_counter() - started, 3), rss_bytes=rss_bytes())
+            if getattr(engine, "int8_exact", None) is False:
+                log.warning("int8_not_exact", model=uri, variant=engine.variant,
+                            hint="ONNX Runtime sums int8 products inexactly on this CPU: its "
+                                 "vectors differ from other CPUs'; run --variant fp32, or an "
+                                 "ONNX Runtime that honours session.x64quantprecision")
             return queue
 
     async def preload(self, which: str) -> None:
