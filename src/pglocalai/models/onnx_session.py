@@ -9,11 +9,17 @@ VNNI (cosine to fp32 0.99870 instead of 0.99912 on the fidelity texts, min 0.996
 instead of 0.99777; docs/models.md). ``session.x64quantprecision`` makes ONNX Runtime
 store the int8 weights as uint8 (plus 128, zero point 128) on those CPUs, and its
 uint8 x uint8 kernel widens to 16 bits before it multiplies: the integer sums are exact
-there as they are with VNNI. On CPUs with VNNI the option changes nothing. So a vector
-is the same on a primary and on a standby with another CPU, as an IMMUTABLE function
-promises, at ~0.8x the int8 speed on the CPUs that need it. :func:`int8_sums_exact`
-checks it on the CPU at hand (the runtime reports it per model in ``runtime_stats()``),
-so that an ONNX Runtime that stops honouring the option does not go unnoticed.
+there as they are with VNNI. So a vector is the same on a primary and on a standby with
+another CPU, as an IMMUTABLE function promises, at ~0.8x the int8 speed on the CPUs that
+need it.
+
+The option is set only where it is needed: where a session without it saturates
+(:func:`exact_option_needed`, a probe once per process). On a CPU with VNNI it is not
+free: it switches ONNX Runtime to its uint8 x uint8 kernel there too, and the int8 graph
+ran at ~0.53x its speed (AMD Zen 4, AVX512-VNNI) for the same vectors bit for bit.
+:func:`int8_sums_exact` checks the sessions' sums on the CPU at hand (the runtime reports
+it per model in ``runtime_stats()``), so that an ONNX Runtime that stops honouring the
+option does not go unnoticed.
 
 >>> session = cpu_session(path, threads=1)
 >>> int8_sums_exact()
@@ -63,14 +69,20 @@ def weights_as_uint8(model: Any) -> int:
 
 
 def session_options(threads: int = 0) -> Any:
-    """SessionOptions with the entries above; ``threads`` intra-op threads (0: ORT's own)."""
+    """SessionOptions for this CPU: with the entries above where :func:`exact_option_needed`;
+    ``threads`` intra-op threads (0: ORT's own)."""
+    return _options(threads, exact=exact_option_needed())
+
+
+def _options(threads: int, exact: bool) -> Any:
     import onnxruntime as ort  # noqa: PLC0415 - heavy, and optional where no graph runs
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    for key, value in EXACT_INT8.items():
-        opts.add_session_config_entry(key, value)
+    if exact:
+        for key, value in EXACT_INT8.items():
+            opts.add_session_config_entry(key, value)
     return opts
 
 
@@ -120,10 +132,26 @@ def exact_sums(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (codes.astype(np.int64) - 128) @ weights.astype(np.int64)
 
 
+def sums_exact(opts: Any) -> bool:
+    """Whether a session with ``opts`` sums the saturating case's products exactly."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    codes, weights = saturating_case()
+    session = ort.InferenceSession(int8_matmul_graph(weights), opts,
+                                   providers=["CPUExecutionProvider"])
+    (y,) = session.run(["y"], {"codes": codes})
+    # sums up to 64 * 127 * 127: exact in float32 below 2**24
+    return bool(np.array_equal(y.astype(np.int64), exact_sums(codes, weights)))
+
+
+@functools.cache
+def exact_option_needed() -> bool:
+    """Whether ONNX Runtime's own int8 kernel saturates on this CPU (x86 without VNNI), so
+    that sessions need :data:`EXACT_INT8` (a few ms, once)."""
+    return not sums_exact(_options(1, exact=False))
+
+
 @functools.cache
 def int8_sums_exact() -> bool:
     """Whether a session made here sums int8 products exactly on this CPU (a few ms, once)."""
-    codes, weights = saturating_case()
-    (y,) = cpu_session(int8_matmul_graph(weights), threads=1).run(["y"], {"codes": codes})
-    # sums up to 64 * 127 * 127: exact in float32 below 2**24
-    return bool(np.array_equal(y.astype(np.int64), exact_sums(codes, weights)))
+    return sums_exact(session_options(threads=1))

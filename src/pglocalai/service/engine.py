@@ -28,9 +28,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pglocalai.errors import ModelFormatError
-from pglocalai.models.onnx_session import int8_sums_exact, session_options, weights_as_uint8
+from pglocalai.models.onnx_session import (
+    exact_option_needed,
+    int8_sums_exact,
+    session_options,
+    weights_as_uint8,
+)
 from pglocalai.service import pooling, reading
-from pglocalai.service.cpu import cpu_features
 from pglocalai.service.heap import release_free_memory
 
 if TYPE_CHECKING:
@@ -239,7 +243,7 @@ def _session_graph(path: str, share: bool,
     import onnx  # noqa: PLC0415 - heavy
 
     model = onnx.load(path)
-    if cpu_features()["int8_kernel"] == "u8u8":
+    if exact_option_needed():
         weights_as_uint8(model)  # what the exact-int8 option does, once instead of per session
     weights = weights or _shared_weights(model)
     with ExitStack() as cleanup:
