@@ -154,4 +154,6 @@ def exact_option_needed() -> bool:
 @functools.cache
 def int8_sums_exact() -> bool:
     """Whether a session made here sums int8 products exactly on this CPU (a few ms, once)."""
+    if not exact_option_needed():
+        return True  # its probe ran the options sessions get here, and found the sums exact
     return sums_exact(session_options(threads=1))
